@@ -1,0 +1,166 @@
+"""The `albert-gpt` command: parses arguments and calls library functions.
+
+User mistakes (AlbertGPTError) become one line on stderr and exit code 2, never a traceback.
+Heavy imports (torch, datasets) happen inside the handlers so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from albert_gpt.errors import AlbertGPTError, ConfigError
+
+log = logging.getLogger("albert_gpt")
+
+
+def _load(config: str, overrides: list[str]):
+    from albert_gpt.config import load_config
+
+    path = Path(config)
+    if path.is_dir():  # a run directory: its resolved config
+        path = path / "config.yaml"
+        if not path.is_file():
+            raise ConfigError(f"{config} is a directory without a config.yaml (not a run directory)")
+    return load_config(path, overrides)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from albert_gpt.info import format_info, model_info
+
+    info = model_info(_load(args.config, args.set))
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from albert_gpt.data.pipeline import format_stats, prepare_data
+
+    cfg = _load(args.config, args.set)
+    prepared = prepare_data(cfg, progress=cfg.log.progress)
+    print(format_stats(prepared))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from albert_gpt.training.trainer import train
+
+    train(_load(args.config, args.set), resume=args.resume)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from albert_gpt.evaluate import evaluate_run, format_eval
+
+    result = evaluate_run(
+        Path(args.run_dir), split=args.split, stride=args.stride, checkpoint=args.checkpoint,
+        batch_size=args.batch_size, progress=not args.json,
+    )
+    print(json.dumps(result) if args.json else format_eval(result))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from albert_gpt.generation import generate_from_run
+
+    generate_from_run(
+        Path(args.run_dir), prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        checkpoint=args.checkpoint,
+    )
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from albert_gpt.sweep import run_sweep
+
+    run_sweep(Path(args.sweep), overrides=args.set, out_dir=args.out_dir)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from albert_gpt.report import write_report
+
+    path = write_report(Path(args.sweep_dir))
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="albert-gpt", description="Train and study post-LN, parameter-shared GPT models."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("config", help="YAML config file (or a run directory)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set train.lr=3e-4 (repeatable)")
+        return p
+
+    p = with_config("info", "parameters (unique and applied) and FLOPs per token")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = with_config("prepare", "run the data pipeline alone and print corpus/token statistics")
+    p.set_defaults(func=cmd_prepare)
+
+    p = with_config("train", "train a model")
+    p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="perplexity and bits per byte of a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"))
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: block_size)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint name or path (default: best, else latest)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("generate", help="sample text from a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--prompt", default="\n")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--checkpoint", default=None)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("sweep", help="run a grid of configs (resumable)")
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of every cell")
+    p.add_argument("--out-dir", default=None, help="parent folder of the sweep directory")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="write report.md (tables, plots) for a sweep directory")
+    p.add_argument("sweep_dir")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
+    )
+    try:
+        return args.func(args)
+    except AlbertGPTError as exc:
+        print(f"albert-gpt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"albert-gpt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

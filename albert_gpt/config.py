@@ -1,0 +1,387 @@
+"""Typed configuration: one dataclass per YAML section, validated on construction.
+
+A field's metadata carries its help text and its constraints (`choices`, `min`, `max`,
+`min_exclusive`), so validation and the README's key table come from one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from albert_gpt.errors import ConfigError
+
+
+def opt(default: Any, help: str, **constraints: Any) -> Any:
+    """A dataclass field with help text and validation constraints."""
+    return field(default=default, metadata={"help": help, **constraints})
+
+
+@dataclass
+class RunConfig:
+    name: str = opt("run", "run directory name under out_dir")
+    out_dir: str = opt("runs", "parent folder of run directories")
+    seed: int = opt(1337, "one seed for init, data order and dropout", min=0)
+    device: str = opt("auto", "auto (cuda if available) | cpu | cuda", choices=("auto", "cpu", "cuda"))
+    dtype: str = opt(
+        "auto",
+        "auto (bfloat16 where the device runs it fast, else float32) | float32 | bfloat16 | float16",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    compile: bool = opt(False, "wrap the model in torch.compile")
+    threads: int = opt(0, "CPU threads for torch (0 = torch's default)", min=0)
+    overwrite: bool = opt(False, "allow training into an existing run directory, replacing it")
+    parallel: str = opt("ddp", "multi-process strategy under torchrun: ddp | fsdp", choices=("ddp", "fsdp"))
+
+
+@dataclass
+class ModelConfig:
+    n_layers: int = opt(6, "layer applications (depth)", min=1)
+    n_groups: int = opt(1, "distinct blocks shared across depth (1 = all shared, n_layers = unshared)", min=1)
+    sharing: str = opt(
+        "all", "what the groups share: all | attention | ffn (the other sub-layer is per layer)",
+        choices=("all", "attention", "ffn"),
+    )
+    n_embd: int = opt(384, "hidden size H", min=1)
+    n_heads: int = opt(6, "attention heads (must divide n_embd)", min=1)
+    embedding_dim: int | None = opt(None, "token embedding size E (null = n_embd; E < H factorizes)", min=1)
+    block_size: int = opt(256, "context length in tokens", min=1)
+    vocab_size: int | None = opt(None, "vocabulary size (null = taken from the tokenizer)", min=1)
+    pad_vocab_multiple: int = opt(1, "round the embedding table up to a multiple of this (64 -> GPU friendly)", min=1)
+    ffn_mult: int = opt(4, "FFN width as a multiple of n_embd", min=1)
+    dropout: float = opt(0.0, "dropout on attention weights and residual branches", min=0.0, max=0.999)
+    bias: bool = opt(True, "biases in linear layers")
+    norm: str = opt(
+        "layernorm", "layernorm | rmsnorm | batchnorm | adaptive_layernorm | none",
+        choices=("layernorm", "rmsnorm", "batchnorm", "adaptive_layernorm", "none"),
+    )
+    norm_placement: str = opt(
+        "post", "post (x = LN(x + f(x))) | pre | deepnorm | none",
+        choices=("post", "pre", "deepnorm", "none"),
+    )
+    norm_affine: bool = opt(True, "learnable gamma and beta in the norms")
+    norm_eps: float = opt(1e-5, "epsilon inside the square root of the norms", min_exclusive=0.0)
+    norm_impl: str = opt(
+        "fused", "fused (torch.nn.functional.layer_norm) | reference (the written-out formula)",
+        choices=("fused", "reference"),
+    )
+    init_std: float = opt(0.02, "std of the normal init of weights", min_exclusive=0.0)
+
+
+@dataclass
+class DataConfig:
+    source: str = opt("builtin", "builtin (Python's docs, offline) | files | hub", choices=("builtin", "files", "hub"))
+    path: str | None = opt(None, "files: a file, directory or glob; hub: the dataset path")
+    name: str | None = opt(None, "hub: dataset name (when path is not given)")
+    config: str | None = opt(None, "hub: dataset configuration, e.g. wikitext-103-raw-v1")
+    split: str = opt("train", "hub: the training split")
+    val_split: str | None = opt("validation", "hub: the validation split (null = carve from train)")
+    test_split: str | None = opt("test", "hub: the test split (null = carve from train)")
+    streaming: bool = opt(False, "hub: stream the dataset instead of downloading it whole")
+    max_documents: int | None = opt(None, "read at most this many documents (null = all)", min=1)
+    text_field: str = opt("text", "text column of .jsonl / .parquet / hub datasets")
+    val_fraction: float = opt(0.05, "share of documents held out for validation", min=0.0, max=0.5)
+    test_fraction: float = opt(0.05, "share of documents held out for test", min=0.0, max=0.5)
+    encoding_errors: str = opt(
+        "replace", "invalid UTF-8: replace (and report the count) | strict (refuse)",
+        choices=("replace", "strict"),
+    )
+    cache_dir: str = opt("data_cache", "where tokenized corpora are cached")
+    num_proc: int = opt(1, "processes for tokenization", min=1)
+
+
+@dataclass
+class TokenizerConfig:
+    type: str = opt("bpe", "bpe (byte-level, trained) | char | pretrained", choices=("bpe", "char", "pretrained"))
+    vocab_size: int = opt(4096, "bpe: target vocabulary size", min=260, max=4_294_967_295)
+    min_frequency: int = opt(2, "bpe: minimum pair frequency for a merge", min=1)
+    path: str | None = opt(None, "pretrained: path to a tokenizer.json")
+    eot_token: str = opt("<|endoftext|>", "end-of-text token placed between documents")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = opt(12, "sequences per micro-batch", min=1)
+    grad_accum_steps: int = opt(1, "micro-batches per optimizer step", min=1)
+    max_steps: int = opt(2000, "optimizer steps", min=0)
+    max_tokens: int | None = opt(None, "stop after this many training tokens (overrides max_steps)", min=1)
+    lr: float = opt(1e-3, "peak learning rate", min_exclusive=0.0)
+    min_lr: float = opt(1e-4, "learning-rate floor of the schedule", min=0.0)
+    schedule: str = opt(
+        "cosine", "cosine | linear | constant | inverse_sqrt (each after linear warmup)",
+        choices=("cosine", "linear", "constant", "inverse_sqrt"),
+    )
+    warmup_steps: int = opt(100, "linear warmup steps", min=0)
+    weight_decay: float = opt(0.1, "AdamW decay on weight matrices (never norms, biases, embeddings)", min=0.0)
+    beta1: float = opt(0.9, "AdamW beta1", min=0.0, max=0.999999)
+    beta2: float = opt(0.99, "AdamW beta2", min=0.0, max=0.999999)
+    adam_eps: float = opt(1e-8, "AdamW epsilon", min_exclusive=0.0)
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this (0 = off)", min=0.0)
+    checkpoint_interval: int = opt(500, "steps between checkpoints (0 = only at the end)", min=0)
+    keep_checkpoints: int = opt(2, "recent checkpoints kept (the best by val loss is kept too)", min=1)
+    max_skipped_steps: int = opt(20, "stop after more non-finite steps in a row than this", min=0)
+
+
+@dataclass
+class EvalConfig:
+    interval: int = opt(250, "steps between evaluations (0 = only at the end)", min=0)
+    batches: int = opt(20, "validation batches per evaluation (0 = the whole split)", min=0)
+    batch_size: int | None = opt(None, "evaluation batch size (null = train.batch_size)", min=1)
+    sample_tokens: int = opt(64, "tokens of generated text logged at each evaluation (0 = none)", min=0)
+    sample_prompt: str = opt("\n", "prompt for those samples")
+
+
+@dataclass
+class LogConfig:
+    progress: bool = opt(True, "tqdm progress bars (false for quiet logs)")
+    interval: int = opt(10, "steps between train/* scalars", min=1)
+    tensorboard: bool = opt(True, "write TensorBoard event files to RUN_DIR/tb")
+    diagnostics_interval: int = opt(0, "steps between per-depth diag/* statistics (0 = off)", min=0)
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunConfig, "model": ModelConfig, "data": DataConfig, "tokenizer": TokenizerConfig,
+    "train": TrainConfig, "eval": EvalConfig, "log": LogConfig,
+}
+
+
+# ---------------------------------------------------------------- coercion
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else tp.__name__
+
+
+def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
+    """Convert `value` to type `tp`, or raise ConfigError naming `key`.
+
+    YAML numbers arrive typed; `--set` values arrive as text and are parsed here. A float
+    written as `3e-4` is a string to PyYAML (YAML 1.1), so float fields accept numeric text.
+    """
+    if isinstance(tp, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (from_text and str(value).lower() in ("null", "none", "~")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0], from_text)
+    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer() and not from_text:
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                try:
+                    number = float(value)
+                except ValueError:
+                    raise bad from None
+                if number.is_integer():
+                    return int(number)
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if from_text:
+            return str(value)
+        raise bad
+    raise bad
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    leaf = key.rsplit(".", 1)[-1]
+    prefix = key[: -len(leaf)]
+    match = difflib.get_close_matches(leaf, known, n=1)
+    hint = f" (did you mean {prefix}{match[0]}?)" if match else f" (known: {', '.join(sorted(known))})"
+    return ConfigError(f"unknown config key {key}{hint}")
+
+
+def _build_section(name: str, values: Any) -> Any:
+    cls = SECTIONS[name]
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name}: expected a mapping of keys, got {values!r}")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in types_:
+            raise _unknown(f"{name}.{key}", list(types_))
+        kwargs[key] = _coerce(f"{name}.{key}", value, types_[key], from_text=False)
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build and validate a Config from a nested mapping (as read from YAML)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
+    for name in raw:
+        if name not in SECTIONS:
+            raise _unknown(str(name), list(SECTIONS))
+    sections = {name: _build_section(name, raw.get(name)) for name in SECTIONS}
+    return Config(**sections)
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings to a raw mapping, coercing each to its field's type."""
+    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if "." not in key:
+            raise ConfigError(f"override {item!r}: key must be section.name, e.g. train.lr")
+        section, name = key.split(".", 1)
+        if section not in SECTIONS:
+            raise _unknown(section, list(SECTIONS))
+        types_ = _field_types(SECTIONS[section])
+        if name not in types_:
+            raise _unknown(key, list(types_))
+        raw.setdefault(section, {})[name] = _coerce(key, text, types_[name], from_text=True)
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults when path is None), apply overrides, validate."""
+    raw: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{path}{where}: {problem}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dump_config(cfg), encoding="utf-8")
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------- validation
+
+def _check_field(section: str, f: dataclasses.Field, value: Any) -> None:
+    key, meta = f"{section}.{f.name}", f.metadata
+    if value is None:
+        return
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key}: unknown value {value!r} (choose one of: {', '.join(meta['choices'])})")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{key}: {value!r} is out of range (must be >= {meta['min']})")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{key}: {value!r} is out of range (must be <= {meta['max']})")
+    if "min_exclusive" in meta and value <= meta["min_exclusive"]:
+        raise ConfigError(f"{key}: {value!r} is out of range (must be > {meta['min_exclusive']})")
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError (one line, naming the key) for the first problem found."""
+    for name in SECTIONS:
+        section = getattr(cfg, name)
+        for f in dataclasses.fields(section):
+            _check_field(name, f, getattr(section, f.name))
+    m, d, t = cfg.model, cfg.data, cfg.train
+    if m.n_embd % m.n_heads:
+        raise ConfigError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_heads ({m.n_heads})")
+    if m.n_layers % m.n_groups:
+        raise ConfigError(f"model.n_groups ({m.n_groups}) must divide model.n_layers ({m.n_layers})")
+    if m.embedding_dim is not None and m.embedding_dim > m.n_embd:
+        raise ConfigError(f"model.embedding_dim ({m.embedding_dim}) must be <= model.n_embd ({m.n_embd})")
+    if d.val_fraction + d.test_fraction >= 1.0:
+        raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
+    if d.source == "files" and not d.path:
+        raise ConfigError("data.path is required when data.source is files")
+    if d.source == "hub" and not (d.path or d.name):
+        raise ConfigError("data.path (or data.name) is required when data.source is hub")
+    if cfg.tokenizer.type == "pretrained" and not cfg.tokenizer.path:
+        raise ConfigError("tokenizer.path is required when tokenizer.type is pretrained")
+    if t.min_lr > t.lr:
+        raise ConfigError(f"train.min_lr ({t.min_lr}) must be <= train.lr ({t.lr})")
+    if cfg.run.dtype == "float16" and cfg.run.device == "cpu":
+        raise ConfigError("run.dtype: float16 needs a CUDA device (use bfloat16 or float32 on cpu)")
+
+
+def key_table() -> list[tuple[str, str, str]]:
+    """(key, default, help) for every config key, for the README table."""
+    rows = []
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            default = yaml.safe_dump(f.default, default_flow_style=True).strip().removesuffix("...").strip()
+            rows.append((f"{name}.{f.name}", default, f.metadata["help"]))
+    return rows
