@@ -22,16 +22,20 @@ def _load(config: str, overrides: list[str]):
 
     path = Path(config)
     if path.is_dir():  # a run directory: its resolved config
-        path = path / "config.yaml"
+        run_dir, path = path, path / "config.yaml"
         if not path.is_file():
             raise ConfigError(f"{config} is a directory without a config.yaml (not a run directory)")
+        # The saved out_dir may be relative to where training started; the directory given wins.
+        run_dir = run_dir.resolve()
+        overrides = [f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}", *overrides]
     return load_config(path, overrides)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    cfg = _load(args.config, args.set)  # before importing torch, so a bad config fails fast
     from albert_gpt.info import format_info, model_info
 
-    info = model_info(_load(args.config, args.set))
+    info = model_info(cfg)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
@@ -48,8 +52,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from albert_gpt.training.trainer import train
 
-    train(_load(args.config, args.set), resume=args.resume)
-    return 0
+    result = train(_load(args.config, args.set), resume=args.resume)
+    return 128 + result["signal"] if result.get("interrupted") else 0  # the shell's code for that signal
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

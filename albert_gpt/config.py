@@ -56,7 +56,9 @@ class ModelConfig:
     vocab_size: int | None = opt(None, "vocabulary size (null = taken from the tokenizer)", min=1)
     pad_vocab_multiple: int = opt(1, "round the embedding table up to a multiple of this (64 -> GPU friendly)", min=1)
     ffn_mult: int = opt(4, "FFN width as a multiple of n_embd", min=1)
-    dropout: float = opt(0.0, "dropout on attention weights and residual branches", min=0.0, max=0.999)
+    dropout: float = opt(
+        0.0, "dropout on embeddings, attention weights and residual branches", min=0.0, max=0.999
+    )
     bias: bool = opt(True, "biases in linear layers")
     norm: str = opt(
         "layernorm", "layernorm | rmsnorm | batchnorm | adaptive_layernorm | none",
@@ -87,6 +89,9 @@ class DataConfig:
     streaming: bool = opt(False, "hub: stream the dataset instead of downloading it whole")
     max_documents: int | None = opt(None, "read at most this many documents (null = all)", min=1)
     text_field: str = opt("text", "text column of .jsonl / .parquet / hub datasets")
+    join_rows: bool = opt(
+        False, "rows are consecutive pieces of one text (no end-of-text token between them), e.g. WikiText lines"
+    )
     val_fraction: float = opt(0.05, "share of documents held out for validation", min=0.0, max=0.5)
     test_fraction: float = opt(0.05, "share of documents held out for test", min=0.0, max=0.5)
     encoding_errors: str = opt(

@@ -1,0 +1,309 @@
+"""AlbertGPT: a causal LM of post-LN blocks shared across depth (ALBERT-style).
+
+Shapes: B batch, T tokens, V vocabulary, Vp padded vocabulary, E token-embedding size,
+H hidden size.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from albert_gpt.config import ModelConfig
+from albert_gpt.errors import ConfigError
+from albert_gpt.layers import CausalSelfAttention, FeedForward, KVCache
+from albert_gpt.norms import NORM_TYPES, build_norm
+from albert_gpt.sampling import check_sampling_args, sample_next
+
+# tracer(depth, point, tensor): called at TRACE_POINTS of every layer application.
+Tracer = Callable[[int, str, torch.Tensor], None]
+TRACE_POINTS = (
+    "layer_in",
+    "attn_norm_in",
+    "attn_norm_out",
+    "attn_branch",
+    "ffn_norm_in",
+    "ffn_norm_out",
+    "ffn_branch",
+    "layer_out",
+)
+
+
+class Block(nn.Module):
+    """One transformer layer; `model.norm_placement` decides where its two norms sit.
+
+        post      x = LN1(x + attn(x))           x = LN2(x + ffn(x))
+        pre       x = x + attn(LN1(x))           x = x + ffn(LN2(x))
+        deepnorm  x = LN1(alpha * x + attn(x))   x = LN2(alpha * x + ffn(x))
+        none      x = x + attn(x)                x = x + ffn(x)   (norms are identities)
+
+    norm1 belongs with attention and norm2 with the FFN, whichever placement: with partial
+    sharing a norm is shared exactly when the sub-layer it sits next to is.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        attn: CausalSelfAttention | None = None,
+        norm1: nn.Module | None = None,
+        ffn: FeedForward | None = None,
+        norm2: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.placement = cfg.norm_placement
+        # DeepNet (Wang et al. 2022): up-weighting the residual keeps post-LN updates bounded.
+        self.alpha = (2 * cfg.n_layers) ** 0.25 if self.placement == "deepnorm" else 1.0
+        self.attn = CausalSelfAttention(cfg) if attn is None else attn
+        self.norm1 = _make_norm(cfg) if norm1 is None else norm1
+        self.ffn = FeedForward(cfg) if ffn is None else ffn
+        self.norm2 = _make_norm(cfg) if norm2 is None else norm2
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        trace: Callable[[str, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        if trace is not None:
+            return self._forward_traced(x, cache, trace)
+        if self.placement == "post":
+            x = self.norm1(x + self.attn(x, cache))
+            x = self.norm2(x + self.ffn(x))
+        elif self.placement == "deepnorm":
+            x = self.norm1(self.alpha * x + self.attn(x, cache))
+            x = self.norm2(self.alpha * x + self.ffn(x))
+        else:  # pre, and none (whose norms are identities)
+            x = x + self.attn(self.norm1(x), cache)
+            x = x + self.ffn(self.norm2(x))
+        return x
+
+    def _forward_traced(
+        self, x: torch.Tensor, cache: KVCache | None, trace: Callable[[str, torch.Tensor], None]
+    ) -> torch.Tensor:
+        """The same computation as `forward`, one step at a time, reporting each tensor."""
+        trace("layer_in", x)
+        x = self._sublayer_traced(x, functools.partial(self.attn, cache=cache), self.norm1, "attn", trace)
+        x = self._sublayer_traced(x, self.ffn, self.norm2, "ffn", trace)
+        trace("layer_out", x)
+        return x
+
+    def _sublayer_traced(
+        self,
+        x: torch.Tensor,
+        f: Callable[[torch.Tensor], torch.Tensor],
+        norm: nn.Module,
+        name: str,
+        trace: Callable[[str, torch.Tensor], None],
+    ) -> torch.Tensor:
+        if self.placement in ("pre", "none"):
+            trace(f"{name}_norm_in", x)
+            h = norm(x)
+            trace(f"{name}_norm_out", h)
+            branch = f(h)
+            trace(f"{name}_branch", branch)
+            return x + branch
+        branch = f(x)
+        trace(f"{name}_branch", branch)
+        s = x + branch if self.placement == "post" else self.alpha * x + branch
+        trace(f"{name}_norm_in", s)
+        y = norm(s)
+        trace(f"{name}_norm_out", y)
+        return y
+
+
+def _make_norm(cfg: ModelConfig) -> nn.Module:
+    return nn.Identity() if cfg.norm_placement == "none" else build_norm(cfg)
+
+
+def build_stack(cfg: ModelConfig) -> tuple[nn.ModuleList, list[int]]:
+    """The unique blocks and the schedule (block index of each layer application).
+
+    ALBERT's grouping: layer i belongs to group i * n_groups // n_layers. With sharing "all"
+    the blocks are the groups. With "attention" or "ffn" every layer gets its own Block whose
+    shared sub-layer (with its norm) is the same module object across the group.
+    """
+    groups = [i * cfg.n_groups // cfg.n_layers for i in range(cfg.n_layers)]
+    if cfg.sharing == "all":
+        return nn.ModuleList(Block(cfg) for _ in range(cfg.n_groups)), groups
+    if cfg.sharing == "attention":
+        shared = [(CausalSelfAttention(cfg), _make_norm(cfg)) for _ in range(cfg.n_groups)]
+        blocks = [Block(cfg, attn=shared[g][0], norm1=shared[g][1]) for g in groups]
+    elif cfg.sharing == "ffn":
+        shared = [(FeedForward(cfg), _make_norm(cfg)) for _ in range(cfg.n_groups)]
+        blocks = [Block(cfg, ffn=shared[g][0], norm2=shared[g][1]) for g in groups]
+    else:
+        raise ConfigError(f"model.sharing: unknown value {cfg.sharing!r}")
+    return nn.ModuleList(blocks), list(range(cfg.n_layers))
+
+
+def padded_vocab_size(cfg: ModelConfig) -> int:
+    """Rows of the embedding table: vocab_size rounded up to pad_vocab_multiple."""
+    m = cfg.pad_vocab_multiple
+    return -(-cfg.vocab_size // m) * m
+
+
+class AlbertGPT(nn.Module):
+    """Token (+ factorization) and position embeddings, the shared stack, a tied LM head."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ConfigError("model.vocab_size is not set (take it from the tokenizer before building)")
+        self.cfg = cfg
+        self.vocab_size = cfg.vocab_size
+        E = cfg.embedding_dim or cfg.n_embd
+        factorized = E < cfg.n_embd
+        self.tok_emb = nn.Embedding(padded_vocab_size(cfg), E)
+        self.emb_proj = nn.Linear(E, cfg.n_embd, bias=cfg.bias) if factorized else None
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks, self.schedule = build_stack(cfg)
+        # Post-LN and DeepNorm blocks already end in a norm; pre-LN needs one before the head.
+        self.final_norm = build_norm(cfg) if cfg.norm_placement == "pre" else nn.Identity()
+        # The head reuses tok_emb's weight; when E < H it first projects H -> E.
+        self.head_proj = nn.Linear(cfg.n_embd, E, bias=cfg.bias) if factorized else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, init_std), zero biases, residual output projections scaled down.
+
+        Scaling is 1/sqrt(2N) (two residual branches per application, N = n_layers
+        applications); DeepNorm instead scales FFN, value and output projections by
+        beta = (8N)^(-1/4). Norms then restore their own defaults.
+        """
+        std, n = self.cfg.init_std, self.cfg.n_layers
+        for m in self.modules():  # modules() yields a shared module once
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        deepnorm = self.cfg.norm_placement == "deepnorm"
+        scaled = std * (8 * n) ** -0.25 if deepnorm else std / math.sqrt(2 * n)
+        H = self.cfg.n_embd
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, CausalSelfAttention):
+                    nn.init.normal_(m.proj.weight, mean=0.0, std=scaled)
+                    if deepnorm:
+                        m.qkv.weight[2 * H :].normal_(mean=0.0, std=scaled)  # the value rows
+                elif isinstance(m, FeedForward):
+                    nn.init.normal_(m.proj.weight, mean=0.0, std=scaled)
+                    if deepnorm:
+                        nn.init.normal_(m.fc.weight, mean=0.0, std=scaled)
+                elif isinstance(m, NORM_TYPES):
+                    m.reset_parameters()
+
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """(B, T) token ids at positions start .. start+T-1 -> (B, T, H)."""
+        T = idx.size(1)
+        if start + T > self.cfg.block_size:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds model.block_size ({self.cfg.block_size})"
+            )
+        x = self.tok_emb(idx)  # (B, T, E)
+        if self.emb_proj is not None:
+            x = self.emb_proj(x)  # (B, T, H)
+        pos = torch.arange(start, start + T, device=idx.device)
+        return self.dropout(x + self.pos_emb(pos))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> logits (B, T, V); the padding rows of the table are never returned."""
+        x = self.final_norm(x)
+        if self.head_proj is not None:
+            x = self.head_proj(x)  # (B, T, E)
+        return F.linear(x, self.tok_emb.weight)[..., : self.vocab_size]  # (B, T, Vp) -> (B, T, V)
+
+    def trunk(
+        self, idx: torch.Tensor, tracer: Tracer | None = None, caches: list[KVCache] | None = None
+    ) -> torch.Tensor:
+        """Embeddings and every layer application: (B, T) -> (B, T, H) before the head."""
+        start = 0 if caches is None else caches[0].length
+        x = self.embed(idx, start)
+        for depth, i in enumerate(self.schedule):
+            cache = None if caches is None else caches[depth]
+            trace = None if tracer is None else functools.partial(tracer, depth)
+            x = self.blocks[i](x, cache, trace)
+        return x
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, tracer: Tracer | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) and, given targets (B, T), the mean cross entropy (ignore_index -1)."""
+        logits = self.head(self.trunk(idx, tracer))
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
+        )
+        return logits, loss
+
+    def layer_outputs(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """The (B, T, H) output of every layer application, in depth order."""
+        outputs: list[torch.Tensor] = []
+
+        def keep(depth: int, point: str, tensor: torch.Tensor) -> None:
+            if point == "layer_out":
+                outputs.append(tensor)
+
+        self.trunk(idx, keep)
+        return outputs
+
+    def new_kv_caches(self) -> list[KVCache]:
+        """One empty cache per layer application, each block_size positions long."""
+        return [KVCache(self.cfg.block_size) for _ in self.schedule]
+
+    def forward_cached(self, idx: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+        """Logits (B, T, V) of tokens that continue the sequence held in `caches`."""
+        return self.head(self.trunk(idx, caches=caches))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        eot_id: int | None = None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Extend (B, T) prompts by up to max_new_tokens tokens, reusing keys and values.
+
+        The model runs in eval mode meanwhile (no dropout, BatchNorm on running statistics)
+        and returns to its previous mode. Once the sequence outgrows block_size the context
+        is cropped from the left; positions then shift, so the cache is rebuilt from the
+        cropped context at each such step. With batch size 1, on_token receives every new
+        token and generation stops after eot_id (which ends the result).
+        """
+        check_sampling_args(temperature, top_k, top_p)
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError("generate needs a (B, T) prompt with at least one token")
+        if on_token is not None and idx.size(0) != 1:
+            raise ValueError("on_token streams one sequence; use batch size 1")
+        was_training = self.training
+        self.eval()
+        try:
+            caches: list[KVCache] | None = None
+            for _ in range(max_new_tokens):
+                n = idx.size(1)
+                if caches is not None and n <= self.cfg.block_size:
+                    logits = self.forward_cached(idx[:, -1:], caches)  # (B, 1, V)
+                else:
+                    caches = self.new_kv_caches()
+                    logits = self.forward_cached(idx[:, -self.cfg.block_size :], caches)  # (B, T, V)
+                token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+                idx = torch.cat([idx, token.to(idx.device)], dim=1)
+                if idx.size(0) == 1:
+                    if on_token is not None:
+                        on_token(int(token))
+                    if eot_id is not None and int(token) == eot_id:
+                        break
+        finally:
+            self.train(was_training)
+        return idx

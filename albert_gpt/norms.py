@@ -1,0 +1,139 @@
+"""Normalization layers, and `build_norm`, which picks one from the model config.
+
+Shapes: B batch, T time (tokens), H features (the normalized dimension).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from albert_gpt.config import ModelConfig
+from albert_gpt.errors import ConfigError
+
+
+class LayerNorm(nn.Module):
+    """Layer normalization (Ba et al. 2016) over the last dimension of each token.
+
+    `impl="reference"` runs the formula exactly as written in DESIGN.md section 2;
+    `impl="fused"` runs torch.nn.functional.layer_norm. A test holds the two equal.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, affine: bool = True, impl: str = "fused") -> None:
+        super().__init__()
+        if impl not in ("fused", "reference"):
+            raise ValueError(f"LayerNorm impl must be fused or reference, got {impl!r}")
+        self.dim, self.eps, self.impl = dim, eps, impl
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None  # gamma
+        self.bias = nn.Parameter(torch.zeros(dim)) if affine else None  # beta
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "fused":
+            return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
+        return self.reference(x)
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        # The statistics are taken in at least fp32, as the fused kernel does under autocast:
+        # a bf16 mean of squares loses the small variances that matter most here.
+        x32 = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        mu = x32.mean(dim=-1, keepdim=True)  # (B, T, 1)
+        var = ((x32 - mu) ** 2).mean(dim=-1, keepdim=True)  # biased, (B, T, 1)
+        y = (x32 - mu) / torch.sqrt(var + self.eps)
+        if self.weight is not None:
+            y = self.weight * y + self.bias
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, affine={self.weight is not None}, impl={self.impl}"
+
+
+class RMSNorm(nn.Module):
+    """y = gamma * x / sqrt(mean(x^2) + eps): no centring and no beta (Zhang & Sennrich 2019)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (self.dim,), self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, affine={self.weight is not None}"
+
+
+class SequenceBatchNorm(nn.Module):
+    """BatchNorm over batch x time for (B, T, H) input: one mean/var per feature.
+
+    In train mode the statistics mix every position of every sequence, so a token sees
+    (through them) tokens after it: a causal LM trained this way leaks the future. It is
+    here as the comparison point the project measures LayerNorm against, not as a
+    recommendation. In eval mode it uses running statistics and is causal.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, eps=eps, affine=affine)
+
+    def reset_parameters(self) -> None:
+        self.bn.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x.reshape(-1, x.size(-1))).view_as(x)  # (B*T, H) -> (B, T, H)
+
+
+class AdaptiveLayerNorm(nn.Module):
+    """LayerNorm whose scale and shift are computed per token from the normalized token.
+
+    y = n * (1 + s) + b with n = LN(x) (no affine) and [s, b] = W n + c. W and c start at
+    zero, so a fresh layer is exactly a plain LayerNorm with gamma = 1, beta = 0. Each token's
+    modulation depends on that token alone, which keeps the model causal. `affine=False`
+    drops c (the static gamma - 1 and beta); the input-dependent part is what this norm is.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, affine: bool = True, impl: str = "fused") -> None:
+        super().__init__()
+        self.norm = LayerNorm(dim, eps, affine=False, impl=impl)
+        self.modulation = nn.Linear(dim, 2 * dim, bias=affine)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.zeros_(self.modulation.weight)
+        if self.modulation.bias is not None:
+            nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.norm(x)  # (B, T, H)
+        scale, shift = self.modulation(n).chunk(2, dim=-1)  # (B, T, H) each
+        return n * (1 + scale) + shift
+
+
+# Every module whose parameters count as "norm parameters" (never weight-decayed).
+NORM_TYPES: tuple[type[nn.Module], ...] = (LayerNorm, RMSNorm, SequenceBatchNorm, AdaptiveLayerNorm)
+
+
+def build_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
+    """The norm named by `cfg.norm` over `dim` features (default `cfg.n_embd`)."""
+    dim = cfg.n_embd if dim is None else dim
+    eps, affine = cfg.norm_eps, cfg.norm_affine
+    if cfg.norm == "layernorm":
+        return LayerNorm(dim, eps, affine, cfg.norm_impl)
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(dim, eps, affine)
+    if cfg.norm == "batchnorm":
+        return SequenceBatchNorm(dim, eps, affine)
+    if cfg.norm == "adaptive_layernorm":
+        return AdaptiveLayerNorm(dim, eps, affine, cfg.norm_impl)
+    if cfg.norm == "none":
+        return nn.Identity()
+    raise ConfigError(f"model.norm: unknown value {cfg.norm!r}")

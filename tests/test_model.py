@@ -1,0 +1,273 @@
+"""The model against torch.nn.TransformerEncoderLayer, hand formulas and the causal contract.
+
+Shapes: B batch, T tokens, H hidden, V vocabulary.
+"""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from albert_gpt.config import ModelConfig
+from albert_gpt.errors import ConfigError
+from albert_gpt.model import TRACE_POINTS, AlbertGPT, Block
+
+H, HEADS, V, T = 16, 4, 23, 12
+
+
+def tiny(**overrides) -> ModelConfig:
+    base = dict(n_layers=3, n_embd=H, n_heads=HEADS, block_size=T, vocab_size=V)
+    return ModelConfig(**{**base, **overrides})
+
+
+def _randomize_norms(module: nn.Module) -> None:
+    """Non-trivial gamma/beta so that copying them (or not) matters."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.randn_like(p))
+
+
+def _reference_layer(block: Block, norm_first: bool) -> nn.TransformerEncoderLayer:
+    ref = nn.TransformerEncoderLayer(
+        H,
+        HEADS,
+        dim_feedforward=4 * H,
+        dropout=0.0,
+        activation="gelu",
+        batch_first=True,
+        norm_first=norm_first,
+    )
+    with torch.no_grad():
+        ref.self_attn.in_proj_weight.copy_(block.attn.qkv.weight)
+        ref.self_attn.in_proj_bias.copy_(block.attn.qkv.bias)
+        ref.self_attn.out_proj.weight.copy_(block.attn.proj.weight)
+        ref.self_attn.out_proj.bias.copy_(block.attn.proj.bias)
+        ref.linear1.weight.copy_(block.ffn.fc.weight)
+        ref.linear1.bias.copy_(block.ffn.fc.bias)
+        ref.linear2.weight.copy_(block.ffn.proj.weight)
+        ref.linear2.bias.copy_(block.ffn.proj.bias)
+        for ours, theirs in ((block.norm1, ref.norm1), (block.norm2, ref.norm2)):
+            theirs.weight.copy_(ours.weight)
+            theirs.bias.copy_(ours.bias)
+    return ref
+
+
+@pytest.mark.parametrize("placement, norm_first", [("post", False), ("pre", True)])
+def test_block_matches_transformer_encoder_layer(placement, norm_first):
+    """One unshared block equals nn.TransformerEncoderLayer with the same weights and a causal mask."""
+    torch.manual_seed(0)
+    block = Block(tiny(n_layers=1, norm_placement=placement))
+    _randomize_norms(block)
+    ref = _reference_layer(block, norm_first)
+    block.eval()
+    ref.eval()
+    x = torch.randn(2, T, H)
+    mask = nn.Transformer.generate_square_subsequent_mask(T)
+    expected = ref(x, src_mask=mask, is_causal=True)
+    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+    # The other placement computes something else: the comparison can tell them apart.
+    other = Block(tiny(n_layers=1, norm_placement="pre" if placement == "post" else "post"))
+    other.load_state_dict(block.state_dict())
+    assert not torch.allclose(other.eval()(x), expected, atol=1e-3)
+
+
+def test_deepnorm_block_follows_its_formula():
+    """A DeepNorm block computes LN(alpha*x + f(x)) per sub-layer with alpha = (2N)^(1/4)."""
+    torch.manual_seed(0)
+    cfg = tiny(n_layers=8, norm_placement="deepnorm")
+    block = Block(cfg).eval()
+    _randomize_norms(block)
+    alpha = 16**0.25
+    assert block.alpha == pytest.approx(alpha)
+    x = torch.randn(2, T, H)
+    h = block.norm1(alpha * x + block.attn(x))
+    expected = block.norm2(alpha * h + block.ffn(h))
+    torch.testing.assert_close(block(x), expected)
+
+
+def test_placement_none_has_no_norms():
+    """`norm_placement: none` builds no norm parameters at all and computes x + f(x)."""
+    torch.manual_seed(0)
+    model = AlbertGPT(tiny(norm_placement="none"))
+    assert not any("norm" in name for name, _ in model.named_parameters())
+    block = model.blocks[0].eval()
+    x = torch.randn(1, T, H)
+    h = x + block.attn(x)
+    torch.testing.assert_close(block(x), h + block.ffn(h))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"norm_placement": "pre", "embedding_dim": 8},
+        {"norm_placement": "deepnorm", "norm": "rmsnorm"},
+        {"norm_placement": "none"},
+        {"norm": "adaptive_layernorm", "sharing": "ffn"},
+        {"norm": "batchnorm"},  # eval mode: running statistics, so causal
+    ],
+)
+def test_future_tokens_never_change_past_logits(overrides):
+    """Changing tokens t+1.. leaves the logits at positions <= t unchanged."""
+    torch.manual_seed(0)
+    model = AlbertGPT(tiny(**overrides)).eval()
+    idx = torch.randint(0, V, (2, T))
+    logits, _ = model(idx)
+    for t in (0, 5, T - 2):
+        changed = idx.clone()
+        changed[:, t + 1 :] = (
+            changed[:, t + 1 :] + 1 + torch.randint(0, V - 1, changed[:, t + 1 :].shape)
+        ) % V
+        new_logits, _ = model(changed)
+        torch.testing.assert_close(new_logits[:, : t + 1], logits[:, : t + 1], atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(new_logits[:, t + 1 :], logits[:, t + 1 :])
+
+
+def test_batchnorm_in_train_mode_leaks_the_future():
+    """BatchNorm's train-mode statistics mix positions: the documented reason it is only a comparison."""
+    torch.manual_seed(0)
+    model = AlbertGPT(tiny(norm="batchnorm"))
+    idx = torch.randint(0, V, (2, T))
+    changed = idx.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % V
+    assert not torch.allclose(model(idx)[0][:, 0], model(changed)[0][:, 0])
+
+
+def test_logits_cover_vocab_only_and_loss_is_cross_entropy():
+    """The table is padded to pad_vocab_multiple, logits are (B, T, V), loss = F.cross_entropy(ignore -1)."""
+    torch.manual_seed(0)
+    model = AlbertGPT(tiny(pad_vocab_multiple=16))
+    assert model.tok_emb.weight.shape == (32, H)
+    idx = torch.randint(0, V, (2, T))
+    targets = torch.randint(0, V, (2, T))
+    targets[0, :4] = -1
+    logits, loss = model(idx, targets)
+    assert logits.shape == (2, T, V)
+    expected = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1)
+    torch.testing.assert_close(loss, expected)
+    assert model(idx)[1] is None
+
+
+def test_missing_vocab_size_is_a_config_error():
+    """Building without model.vocab_size raises ConfigError naming the key."""
+    with pytest.raises(ConfigError, match="model.vocab_size"):
+        AlbertGPT(tiny(vocab_size=None))
+
+
+def test_factorized_embedding_and_tied_head():
+    """E < H: Embedding(Vp, E) + Linear(E, H); the head is Linear(H, E) then the token table itself."""
+    torch.manual_seed(0)
+    model = AlbertGPT(tiny(embedding_dim=8, norm_placement="pre")).eval()
+    assert model.tok_emb.weight.shape == (V, 8)
+    assert model.emb_proj.weight.shape == (H, 8) and model.head_proj.weight.shape == (8, H)
+    assert model.pos_emb.weight.shape == (T, H)
+    # The token table is the only vocabulary-sized parameter: the head owns no copy.
+    assert [n for n, p in model.named_parameters() if p.shape[0] == V] == ["tok_emb.weight"]
+    idx = torch.randint(0, V, (1, T))
+    x = model.emb_proj(model.tok_emb(idx)) + model.pos_emb(torch.arange(T))
+    for i in model.schedule:
+        x = model.blocks[i](x)
+    expected = model.head_proj(model.final_norm(x)) @ model.tok_emb.weight.T
+    torch.testing.assert_close(model(idx)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_gpt2_init_scales_residual_projections():
+    """Weights ~ N(0, 0.02), output projections ~ N(0, 0.02/sqrt(2N)), zero biases, unit gammas."""
+    torch.manual_seed(0)
+    cfg = tiny(n_layers=8, n_embd=128, n_heads=4, n_groups=8)
+    model = AlbertGPT(cfg)
+    block = model.blocks[0]
+    scaled = 0.02 / math.sqrt(16)
+    assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert block.ffn.fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert block.attn.proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
+    assert block.ffn.proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
+    assert torch.count_nonzero(block.attn.qkv.bias) == 0
+    assert torch.equal(block.norm1.weight, torch.ones(128))
+
+
+def test_deepnorm_init_scales_value_ffn_and_output_by_beta():
+    """DeepNorm: value rows, FFN and output projections ~ N(0, 0.02 * (8N)^(-1/4)); q and k stay 0.02."""
+    torch.manual_seed(0)
+    model = AlbertGPT(tiny(n_layers=8, n_embd=128, n_heads=4, norm_placement="deepnorm"))
+    block = model.blocks[0]
+    beta_std = 0.02 * 64**-0.25
+    qkv = block.attn.qkv.weight
+    assert qkv[: 2 * 128].std().item() == pytest.approx(0.02, rel=0.05)
+    assert qkv[2 * 128 :].std().item() == pytest.approx(beta_std, rel=0.05)
+    for w in (block.attn.proj.weight, block.ffn.fc.weight, block.ffn.proj.weight):
+        assert w.std().item() == pytest.approx(beta_std, rel=0.05)
+
+
+@pytest.mark.parametrize("placement", ["post", "pre", "deepnorm", "none"])
+def test_tracer_sees_every_point_and_changes_nothing(placement):
+    """The traced path reports all points per application, in order, and gives the untraced result."""
+    torch.manual_seed(0)
+    model = AlbertGPT(tiny(norm_placement=placement, n_groups=1)).eval()
+    idx = torch.randint(0, V, (2, T))
+    seen: list[tuple[int, str, torch.Tensor]] = []
+    traced, _ = model(idx, tracer=lambda d, p, t: seen.append((d, p, t)))
+    torch.testing.assert_close(traced, model(idx)[0])
+    assert [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)
+    for d in range(3):
+        names = [p for depth, p, _ in seen if depth == d]
+        assert sorted(names) == sorted(TRACE_POINTS)
+        assert names[0] == "layer_in" and names[-1] == "layer_out"
+    points = {(d, p): t for d, p, t in seen}
+    block = model.blocks[0]
+    for d in range(3):
+        x, branch = points[d, "layer_in"], points[d, "attn_branch"]
+        torch.testing.assert_close(points[d, "attn_norm_out"], block.norm1(points[d, "attn_norm_in"]))
+        if placement in ("post", "deepnorm"):
+            torch.testing.assert_close(points[d, "attn_norm_in"], block.alpha * x + branch)
+        else:
+            torch.testing.assert_close(points[d, "attn_norm_in"], x)
+            torch.testing.assert_close(points[d, "ffn_norm_in"], x + branch)
+    for d in range(2):
+        assert points[d, "layer_out"] is points[d + 1, "layer_in"]
+
+
+def test_layer_outputs_one_per_application():
+    """layer_outputs returns n_layers tensors (B, T, H); applying the head to the last gives the logits."""
+    torch.manual_seed(0)
+    model = AlbertGPT(tiny(n_layers=4, n_groups=2)).eval()
+    idx = torch.randint(0, V, (2, T))
+    outputs = model.layer_outputs(idx)
+    assert len(outputs) == 4 and all(o.shape == (2, T, H) for o in outputs)
+    torch.testing.assert_close(model.head(outputs[-1]), model(idx)[0])
+    # The second application of the shared block 0 maps layer 0's output to layer 1's.
+    torch.testing.assert_close(model.blocks[0](outputs[0]), outputs[1])
+
+
+def test_dropout_only_in_train_mode():
+    """With dropout > 0 two train-mode passes differ; eval-mode passes are identical."""
+    torch.manual_seed(0)
+    model = AlbertGPT(tiny(dropout=0.3))
+    idx = torch.randint(0, V, (2, T))
+    assert not torch.allclose(model(idx)[0], model(idx)[0])
+    model.eval()
+    torch.testing.assert_close(model(idx)[0], model(idx)[0])
+
+
+def test_sequence_longer_than_context_is_rejected():
+    """forward on more than block_size tokens raises a ValueError naming block_size."""
+    model = AlbertGPT(tiny())
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros(1, T + 1, dtype=torch.long))
+
+
+def test_state_dict_round_trip_preserves_outputs():
+    """A fresh model loaded with another's state_dict computes the same logits (shared modules too)."""
+    torch.manual_seed(0)
+    cfg = tiny(sharing="attention", n_layers=4, n_groups=2, embedding_dim=8)
+    a = AlbertGPT(cfg).eval()
+    torch.manual_seed(1)
+    b = AlbertGPT(dataclasses.replace(cfg)).eval()
+    idx = torch.randint(0, V, (2, T))
+    assert not torch.allclose(a(idx)[0], b(idx)[0])
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(a(idx)[0], b(idx)[0])
