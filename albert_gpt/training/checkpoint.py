@@ -1,0 +1,385 @@
+"""Checkpoints: atomic writes, verification, rotation, safe loading.
+
+Layout under `RUN_DIR/checkpoints/`:
+
+    step_00000500/   model.safetensors, state.pt, config.yaml, tokenizer.json, meta.json (written last)
+    latest, best     one-line text files naming a step directory (replaced by rename, never symlinks)
+    .tmp-*           a checkpoint being written or deleted; never read
+
+A checkpoint directory appears under its final name only once complete (written as `.tmp-...`, then
+renamed), and `meta.json` records the size and sha256 of every file, so a truncated or tampered
+file is detected before anything is deserialized. `state.pt` is read with
+`torch.load(weights_only=True)`: plain tensors, numbers, strings and containers, never objects.
+Shapes: tensors here are whatever the model's state dict holds; nothing is reshaped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from albert_gpt.config import Config, dump_config, load_config
+from albert_gpt.data.tokenizer import TextTokenizer
+from albert_gpt.errors import CheckpointError
+from albert_gpt.model import AlbertGPT
+from albert_gpt.training.rng import capture_rng_state, restore_rng_state
+from albert_gpt.training.weights import load_strict, load_weights, save_weights, unwrap_model
+
+__all__ = [
+    "CONFIG_FILE", "META_FILE", "MODEL_FILE", "STATE_FILE", "TOKENIZER_FILE",
+    "capture_rng_state", "check_compatible", "find_latest", "list_checkpoints", "load_checkpoint",
+    "load_for_inference", "resolve_checkpoint", "restore_rng_state", "save_checkpoint", "unwrap_model",
+    "verify_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE, STATE_FILE, CONFIG_FILE, TOKENIZER_FILE, META_FILE = (
+    "model.safetensors", "state.pt", "config.yaml", "tokenizer.json", "meta.json",
+)
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+# Model keys that change neither the weights' shapes nor what they compute, so resuming or
+# fine-tuning with another value is legitimate.
+_FREE_MODEL_KEYS = frozenset({"dropout", "init_std", "norm_impl"})
+
+# Exact types: numpy scalars subclass float and int but pickle as numpy objects, which
+# torch.load(weights_only=True) refuses.
+_SCALARS = (int, float, bool, str, bytes, type(None))
+_TORCH_VALUES = (torch.Tensor, torch.dtype, torch.device, torch.Size)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Refuse at save time what torch.load(weights_only=True) would refuse at resume time."""
+    if type(obj) in (dict, OrderedDict):
+        for key, value in obj.items():
+            _check_plain(key, f"{where}: key {key!r}")
+            _check_plain(value, f"{where}[{key!r}]")
+    elif type(obj) in (list, tuple):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+    elif type(obj) not in _SCALARS and not isinstance(obj, _TORCH_VALUES):
+        raise TypeError(f"{where} is a {type(obj).__name__}; a checkpoint state holds only tensors, "
+                        "Python numbers, strings and lists/dicts of them")
+
+
+def _refusal(exc: Exception) -> str:
+    """The informative line of a torch.load failure (its message is mostly advice to load unsafely)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+    return line.split(". ")[0].rstrip(".")
+
+
+# ---------------------------------------------------------------- files
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    # Directories too: a rename is durable only once its directory entry is flushed.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_pointer(root: Path, pointer: str, name: str) -> None:
+    tmp = root / f".tmp-{pointer}"
+    tmp.write_text(name + "\n", encoding="utf-8")
+    _fsync(tmp)
+    tmp.replace(root / pointer)
+    _fsync(root)
+
+
+def _read_pointer(root: Path, pointer: str) -> str | None:
+    try:
+        name = (root / pointer).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return name if _STEP_DIR.match(name) else None
+
+
+def _remove_dir(path: Path) -> None:
+    # Rename first so that a crash half way through rmtree leaves only a `.tmp-*` directory.
+    doomed = path.with_name(f".tmp-delete-{path.name}-{os.getpid()}")
+    path.rename(doomed)
+    shutil.rmtree(doomed)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: incomplete checkpoint ({META_FILE} is missing)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path / META_FILE}: unreadable ({exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        raise CheckpointError(f"{path / META_FILE}: not a checkpoint manifest (no 'files' table)")
+    return meta
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Check every file against meta.json (size, sha256); returns the meta or raises CheckpointError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: checkpoint directory not found")
+    meta = _read_meta(path)
+    for required in (MODEL_FILE, STATE_FILE, CONFIG_FILE):
+        if required not in meta["files"]:
+            raise CheckpointError(f"{path / META_FILE}: lists no {required}")
+    for name, expected in meta["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing")
+        size = file.stat().st_size
+        if size != expected.get("bytes"):
+            raise CheckpointError(f"{file}: {size} bytes, {expected.get('bytes')} recorded (truncated?)")
+        if _sha256(file) != expected.get("sha256"):
+            raise CheckpointError(f"{file}: sha256 does not match {META_FILE} (corrupted)")
+    return meta
+
+
+# ---------------------------------------------------------------- save
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Step directories under RUN_DIR/checkpoints, oldest first (unverified; `.tmp-*` excluded)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def _val_loss(path: Path) -> float | None:
+    try:
+        value = json.loads((path / META_FILE).read_text(encoding="utf-8")).get("val_loss")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, model: nn.Module, train_state: dict, cfg: Config,
+    tokenizer_path: Path | None, keep: int, val_loss: float | None,
+    *, model_state: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write RUN_DIR/checkpoints/step_{step:08d} atomically, move the pointers, rotate old ones.
+
+    `train_state` holds everything but the weights (optimizer, scheduler, scaler, RNG from
+    capture_rng_state(), step, tokens seen, sampler state) as plain values. `model_state`
+    replaces `model.state_dict()` when the caller gathered it itself (e.g. from FSDP shards).
+    Call it from one process only (rank 0): the directory names are not per-process.
+    """
+    _check_plain(train_state, "train_state")
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):  # left by a process killed while writing or deleting
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
+    name = f"step_{step:08d}"
+    tmp = root / f".tmp-{name}"
+    tmp.mkdir()
+
+    if model_state is None:
+        model_state = unwrap_model(model).state_dict()
+    save_weights(model_state, tmp / MODEL_FILE)
+    torch.save(train_state, tmp / STATE_FILE)
+    (tmp / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
+    if tokenizer_path is not None:
+        shutil.copyfile(tokenizer_path, tmp / TOKENIZER_FILE)
+    files = {}
+    for file in sorted(tmp.iterdir()):
+        _fsync(file)
+        files[file.name] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+    if val_loss is not None and not math.isfinite(val_loss):
+        val_loss = None  # JSON has no NaN, and a diverged evaluation is never the best
+    meta = {"step": step, "val_loss": val_loss, "time": time.time(), "files": files}
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    _fsync(tmp / META_FILE)
+    _fsync(tmp)
+
+    final = root / name
+    if final.exists():  # the same step saved again (e.g. the end of a run after an interval save)
+        _remove_dir(final)
+    tmp.rename(final)
+    _fsync(root)
+
+    _update_best(root)
+    _write_pointer(root, "latest", name)
+    _rotate(root, final, keep)
+    return final
+
+
+def _update_best(root: Path) -> None:
+    scored = [(loss, p) for p in list_checkpoints(root.parent) if (loss := _val_loss(p)) is not None]
+    if scored:
+        best = min(scored, key=lambda item: (item[0], item[1].name))[1].name  # ties: the earlier one
+        if _read_pointer(root, "best") != best:
+            _write_pointer(root, "best", best)
+
+
+def _rotate(root: Path, newest: Path, keep: int) -> None:
+    best = _read_pointer(root, "best")
+    step = int(_STEP_DIR.match(newest.name).group(1))
+    older, later = [], []
+    for path in list_checkpoints(root.parent):
+        if path != newest and path.name != best:
+            (later if int(_STEP_DIR.match(path.name).group(1)) > step else older).append(path)
+    # Later steps than the one just written belong to a continuation that was abandoned (the run
+    # resumed from an earlier checkpoint); left in place they would shadow the new one on fallback.
+    for path in later + older[: max(0, len(older) - (keep - 1))]:
+        _remove_dir(path)
+
+
+# ---------------------------------------------------------------- find and load
+
+def _best(run_dir: Path) -> Path | None:
+    root = Path(run_dir) / "checkpoints"
+    name = _read_pointer(root, "best")
+    return root / name if name else None
+
+
+def find_latest(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint: the one `latest` names, or, when that is missing or fails
+    verification, the newest earlier one that verifies (with a warning). None when there is none."""
+    root = Path(run_dir) / "checkpoints"
+    candidates = list_checkpoints(run_dir)
+    if not candidates:
+        return None
+    name = _read_pointer(root, "latest")
+    if name is None:
+        log.warning("%s is missing or unreadable; looking for the newest complete checkpoint",
+                    root / "latest")
+    else:
+        try:
+            verify_checkpoint(root / name)
+            return root / name
+        except CheckpointError as exc:
+            log.warning("latest checkpoint is unusable: %s; falling back to the previous complete one", exc)
+    for path in reversed(candidates):
+        if path.name == name:
+            continue
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("skipping checkpoint: %s", exc)
+            continue
+        log.warning("using checkpoint %s", path)
+        return path
+    return None
+
+
+def resolve_checkpoint(run_dir: Path, name: str | None) -> Path:
+    """The checkpoint `--checkpoint NAME` means: None -> best if present, else latest; `best`,
+    `latest`, a step directory name (or a bare step number), or a path. Verified; else CheckpointError."""
+    run_dir = Path(run_dir)
+    root = run_dir / "checkpoints"
+    if name is None and (run_dir / META_FILE).is_file():  # RUN_DIR is itself a checkpoint directory
+        path: Path | None = run_dir
+    elif name is None:
+        path = _best(run_dir)
+        if path is not None:
+            try:
+                verify_checkpoint(path)
+                return path
+            except CheckpointError as exc:
+                log.warning("best checkpoint is unusable: %s; using the latest", exc)
+        path = find_latest(run_dir)
+    elif name == "latest":
+        path = find_latest(run_dir)
+    elif name == "best":
+        path = _best(run_dir)
+        if path is None:
+            raise CheckpointError(f"{root / 'best'}: no best checkpoint recorded (no validation loss yet?)")
+    elif name.isdigit():
+        path = root / f"step_{int(name):08d}"
+    elif (root / name).is_dir():
+        path = root / name
+    else:
+        path = Path(name)
+    if path is None or not path.is_dir():
+        available = ", ".join(p.name for p in list_checkpoints(run_dir)) or "none"
+        what = name or "a checkpoint"
+        raise CheckpointError(f"{what} not found in {root} (available: {available})")
+    verify_checkpoint(path)
+    return path
+
+
+def load_checkpoint(
+    path: Path, map_location: str | torch.device = "cpu",
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(model_state, train_state, meta) of a checkpoint directory, after verifying its files."""
+    path = Path(path)
+    meta = verify_checkpoint(path)
+    model_state = load_weights(path / MODEL_FILE, map_location)
+    try:
+        train_state = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
+    except Exception as exc:  # the unpickler raises several types; all mean "refused"
+        raise CheckpointError(f"{path / STATE_FILE}: refused to load ({_refusal(exc)})") from None
+    if not isinstance(train_state, dict):
+        raise CheckpointError(f"{path / STATE_FILE}: expected a dict, found {type(train_state).__name__}")
+    return model_state, train_state, meta
+
+
+def check_compatible(saved_cfg: Config, cfg: Config, source: Path | None = None) -> None:
+    """CheckpointError naming the first model key whose value differs between a checkpoint and a config
+    (keys that neither shape nor change the computation, like dropout, may differ)."""
+    saved, current = saved_cfg.model, cfg.model
+    for f in dataclasses.fields(saved):
+        if f.name in _FREE_MODEL_KEYS:
+            continue
+        old, new = getattr(saved, f.name), getattr(current, f.name)
+        if f.name == "embedding_dim":  # null means n_embd
+            old, new = old or saved.n_embd, new or current.n_embd
+        if f.name == "vocab_size" and (old is None or new is None):  # filled in from the tokenizer later
+            continue
+        if old != new:
+            where = f" ({source})" if source is not None else ""
+            raise CheckpointError(
+                f"checkpoint does not match the config: model.{f.name} is {old} in the checkpoint, "
+                f"{new} in the config{where}"
+            )
+
+
+def load_for_inference(
+    run_dir: Path, checkpoint: str | None = None, device: str | torch.device = "cpu",
+) -> tuple[Config, AlbertGPT, TextTokenizer]:
+    """(cfg, model in eval mode, tokenizer) from a run directory's chosen checkpoint."""
+    path = resolve_checkpoint(Path(run_dir), checkpoint)
+    cfg = load_config(path / CONFIG_FILE)
+    if cfg.model.vocab_size is None:
+        raise CheckpointError(f"{path / CONFIG_FILE}: model.vocab_size is not set")
+    model = AlbertGPT(cfg.model).to(device)
+    load_strict(model, load_weights(path / MODEL_FILE, device), path / MODEL_FILE)
+    tokenizer_file = path / TOKENIZER_FILE
+    if not tokenizer_file.is_file():
+        tokenizer_file = Path(run_dir) / TOKENIZER_FILE
+    if not tokenizer_file.is_file():
+        raise CheckpointError(f"{path}: no {TOKENIZER_FILE} in the checkpoint or the run directory")
+    tokenizer = TextTokenizer.load(tokenizer_file, eot_token=cfg.tokenizer.eot_token)
+    if tokenizer.vocab_size != cfg.model.vocab_size:
+        raise CheckpointError(f"{tokenizer_file}: {tokenizer.vocab_size} tokens, but the model was trained "
+                              f"with model.vocab_size {cfg.model.vocab_size}")
+    return cfg, model.eval(), tokenizer
