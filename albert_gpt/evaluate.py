@@ -1,0 +1,198 @@
+"""Perplexity and bits per byte of a token stream, exact or with sliding windows.
+
+Every predicted token counts once: the loss is total NLL / tokens scored (token weighted),
+never a mean of per-batch means, so a short last batch is weighted by its size.
+
+Shapes: B = windows in a batch, T = inputs per window (<= block_size), V = vocab_size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from albert_gpt.errors import ConfigError, DataError
+from albert_gpt.runtime import autocast
+
+log = logging.getLogger(__name__)
+
+Window = tuple[int, int, int]  # (start, end, score_from) in token positions of the split
+
+
+def window_plan(n_tokens: int, block_size: int, stride: int | None = None) -> list[Window]:
+    """Windows `tokens[start:end]` (at most block_size + 1 tokens: inputs plus shifted targets).
+
+    A window predicts the tokens at positions start+1 .. end-1 and scores those at positions
+    >= score_from, so every position 1 .. n_tokens-1 is scored exactly once. Windows start
+    every `stride` tokens; stride == block_size gives non-overlapping windows (each scores all
+    its targets); a smaller stride gives every scored token at least block_size - stride + 1
+    tokens of context, except in the first window, which scores all of its targets.
+    """
+    stride = block_size if stride is None else stride
+    if not 1 <= stride <= block_size:
+        raise ConfigError(f"stride must be between 1 and block_size ({block_size}), got {stride}")
+    if n_tokens < 2:
+        raise DataError(f"need at least 2 tokens to score a prediction, got {n_tokens}")
+    plan: list[Window] = []
+    scored_to = 1  # first position not yet scored (position 0 has no prediction)
+    start = 0
+    while scored_to < n_tokens:
+        end = min(start + block_size + 1, n_tokens)
+        plan.append((start, end, scored_to))
+        scored_to = end
+        start += stride
+    return plan
+
+
+def _batches(plan: Sequence[Window], batch_size: int) -> Iterator[list[Window]]:
+    """Consecutive windows of equal length, at most batch_size at a time (order kept)."""
+    batch: list[Window] = []
+    for window in plan:
+        if batch and (len(batch) == batch_size or window[1] - window[0] != batch[0][1] - batch[0][0]):
+            yield batch
+            batch = []
+        batch.append(window)
+    if batch:
+        yield batch
+
+
+def _count_batches(plan: Sequence[Window], batch_size: int) -> int:
+    return sum(1 for _ in _batches(plan, batch_size))
+
+
+def _batch_tensors(tokens: Any, batch: list[Window]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs, targets (B, T) int64 and the mask (B, T) of targets to score."""
+    rows = np.stack([np.asarray(tokens[start:end], dtype=np.int64) for start, end, _ in batch])
+    data = torch.from_numpy(rows)  # (B, T+1)
+    length = data.shape[1] - 1
+    positions = torch.arange(1, length + 1)  # target j of a window sits at start + 1 + j
+    starts = torch.tensor([start for start, _, _ in batch]).unsqueeze(1)
+    score_from = torch.tensor([s for _, _, s in batch]).unsqueeze(1)
+    mask = starts + positions >= score_from  # (B, T)
+    return data[:, :-1], data[:, 1:], mask
+
+
+@torch.no_grad()
+def _score(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+           device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
+    """(sum of NLL over the masked targets, number of masked targets) for one batch."""
+    x, y, mask = x.to(device), y.to(device), mask.to(device)
+    with autocast(device, dtype):
+        logits, _ = model(x)  # (B, T, V)
+    # the sum runs in float64: a split of millions of tokens would lose digits in float32
+    nll = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+    return nll[mask].double().sum().item(), int(mask.sum().item())
+
+
+def evaluate_tokens(
+    model: torch.nn.Module,
+    tokens: Any,
+    block_size: int,
+    batch_size: int,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+    stride: int | None = None,
+    max_batches: int | None = None,
+    n_bytes: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Token-weighted loss (nats), perplexity and bits per byte of `model` on `tokens`.
+
+    `tokens` is any 1-D integer sequence supporting slicing (numpy memmap, array, tensor).
+    `max_batches` scores only the first batches of the plan, a fixed subset, so periodic
+    evaluations during training are comparable with each other. `n_bytes` (UTF-8 bytes of
+    the text behind `tokens`) turns the loss into bits per byte: total NLL / ln 2 / n_bytes
+    when the whole split is scored; for a subset, the same figure estimated from the subset's
+    loss and the split's bytes per predicted token.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"evaluation batch size must be >= 1, got {batch_size}")
+    if max_batches is not None and max_batches < 1:
+        raise ConfigError(f"max_batches must be >= 1 (or None for all), got {max_batches}")
+    device = torch.device(device)
+    plan = window_plan(len(tokens), block_size, stride)
+    total = _count_batches(plan, batch_size)
+    if max_batches is not None:
+        total = min(total, max_batches)
+    was_training = model.training
+    model.eval()
+    nll_sum, count = 0.0, 0
+    try:
+        batches = itertools.islice(_batches(plan, batch_size), total)
+        for batch in tqdm(batches, total=total, desc="eval", unit="batch", disable=not progress):
+            batch_nll, batch_count = _score(model, *_batch_tensors(tokens, batch), device, dtype)
+            nll_sum += batch_nll
+            count += batch_count
+    finally:
+        model.train(was_training)
+    loss = nll_sum / count
+    predicted = len(tokens) - 1  # == count when every batch was scored
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss) if loss < 700 else math.inf,  # exp overflows a float past ~709
+        "bits_per_byte": loss * predicted / math.log(2) / n_bytes if n_bytes else None,
+        "tokens": count,
+    }
+
+
+def evaluate_run(
+    run_dir: Path,
+    split: str = "val",
+    stride: int | None = None,
+    checkpoint: str | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a run's checkpoint (best, else latest, unless named) on one data split."""
+    from albert_gpt.data.pipeline import prepare_data
+    from albert_gpt.runtime import resolve_device, resolve_dtype
+    from albert_gpt.training.checkpoint import META_FILE, load_for_inference, resolve_checkpoint
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory not found: {run_dir}")
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"unknown split {split!r} (choose one of: train, val, test)")
+    path = resolve_checkpoint(run_dir, checkpoint)
+    cfg, model, _ = load_for_inference(run_dir, checkpoint=str(path), device="cpu")
+    block_size = cfg.model.block_size
+    if stride is not None and not 1 <= stride <= block_size:
+        raise ConfigError(f"--stride must be between 1 and block_size ({block_size}), got {stride}")
+    device = resolve_device(cfg.run)
+    dtype = resolve_dtype(cfg.run, device)
+    model.to(device)
+    prepared = prepare_data(cfg, progress=progress)
+    tokens = prepared.splits[split]
+    if len(tokens) < 2:
+        raise DataError(f"split {split!r} of {run_dir} has {len(tokens)} tokens; nothing to evaluate")
+    result = evaluate_tokens(
+        model, tokens.tokens, block_size, batch_size or cfg.eval.batch_size or cfg.train.batch_size,
+        device, dtype, stride=stride, n_bytes=tokens.n_bytes, progress=progress,
+    )
+    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))  # verified by resolve_checkpoint
+    return {**result, "split": split, "stride": stride or block_size, "checkpoint": path.name,
+            "step": meta.get("step")}
+
+
+def format_eval(result: dict[str, Any]) -> str:
+    bpb = result.get("bits_per_byte")
+    lines = [
+        f"split          {result.get('split', '-')}",
+        f"checkpoint     {result.get('checkpoint') or '-'} (step {result.get('step', '-')})",
+        f"stride         {result.get('stride', '-')}",
+        f"tokens scored  {result['tokens']:,}",
+        f"loss           {result['loss']:.4f} nats/token",
+        f"perplexity     {result['perplexity']:.3f}",
+        f"bits per byte  {'-' if bpb is None else f'{bpb:.4f}'}",
+    ]
+    return "\n".join(lines)
