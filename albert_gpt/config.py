@@ -87,10 +87,12 @@ class DataConfig:
     val_split: str | None = opt("validation", "hub: the validation split (null = carve from train)")
     test_split: str | None = opt("test", "hub: the test split (null = carve from train)")
     streaming: bool = opt(False, "hub: stream the dataset instead of downloading it whole")
-    max_documents: int | None = opt(None, "read at most this many documents (null = all)", min=1)
+    max_documents: int | None = opt(
+        None, "read at most this many documents of each source split (null = all)", min=1
+    )
     text_field: str = opt("text", "text column of .jsonl / .parquet / hub datasets")
     join_rows: bool = opt(
-        False, "rows are consecutive pieces of one text (no end-of-text token between them), e.g. WikiText lines"
+        False, "rows are pieces of one text, no end-of-text token between them (e.g. WikiText lines)"
     )
     val_fraction: float = opt(0.05, "share of documents held out for validation", min=0.0, max=0.5)
     test_fraction: float = opt(0.05, "share of documents held out for test", min=0.0, max=0.5)

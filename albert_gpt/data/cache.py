@@ -1,0 +1,118 @@
+"""The token cache: `<data.cache_dir>/<fingerprint>/` holding tokenizer.json, one flat token file
+per split (`train.bin`, `val.bin`, `test.bin`: raw uint16 or uint32, no header) and `meta.json`.
+
+An entry is built in a temporary sibling directory, `meta.json` is written last (itself through
+a temporary file), and the directory is then renamed into place: a directory without a readable
+`meta.json`, or whose token files do not have the sizes it states, is incomplete and rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from albert_gpt.errors import DataError
+
+log = logging.getLogger(__name__)
+
+PIPELINE_VERSION = 1  # bump when a change alters the tokens written for the same inputs
+META = "meta.json"
+TOKENIZER = "tokenizer.json"
+
+
+@dataclass
+class TokenSplit:
+    """One split's tokens (documents joined by end-of-text unless data.join_rows)."""
+
+    name: str
+    tokens: np.ndarray  # (N,) read-only memmap, uint16 or uint32
+    n_bytes: int  # UTF-8 bytes of the split's text, separators excluded (for bits per byte)
+    n_documents: int
+    n_chars: int
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 while every id (at most vocab_size - 1) fits in it."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def fingerprint(spec: dict[str, Any]) -> str:
+    canonical = json.dumps({"pipeline_version": PIPELINE_VERSION, **spec}, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:20]
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def read_entry(entry: Path, fp: str) -> dict[str, Any] | None:
+    """The entry's metadata when it is complete and matches `fp`, else None."""
+    try:
+        meta = json.loads((entry / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if meta.get("fingerprint") != fp or not (entry / TOKENIZER).is_file():
+        return None
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for name, split in meta["splits"].items():
+        path = entry / f"{name}.bin"
+        if not path.is_file() or path.stat().st_size != split["tokens"] * itemsize:
+            return None
+    return meta
+
+
+def open_split(entry: Path, name: str, meta: dict[str, Any]) -> TokenSplit:
+    info = meta["splits"][name]
+    dtype = np.dtype(meta["dtype"])
+    if info["tokens"] == 0:  # numpy cannot map an empty file
+        tokens: np.ndarray = np.zeros(0, dtype=dtype)
+    else:
+        tokens = np.memmap(entry / f"{name}.bin", dtype=dtype, mode="r")
+    return TokenSplit(name, tokens, info["bytes"], info["documents"], info["characters"])
+
+
+@contextlib.contextmanager
+def building_entry(root: Path, fp: str) -> Iterator[Path]:
+    """A fresh temporary directory to fill; renamed to `root/fp` when the block ends without error.
+
+    The block must write META last. On any error (or Ctrl-C) the temporary directory is removed.
+    If another process completed the same entry meanwhile, its copy is kept and ours dropped.
+    """
+    tmp = root / f".{fp}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise DataError(f"data.cache_dir {root}: cannot create a cache entry ({exc.strerror})") from None
+    try:
+        yield tmp
+        if not (tmp / META).is_file():
+            raise DataError(f"internal: cache entry {tmp} has no {META}")
+        final = root / fp
+        if final.exists():
+            if read_entry(final, fp) is not None:
+                log.info("another process completed %s first; keeping its copy", final)
+                return
+            shutil.rmtree(final)  # incomplete leftovers (no meta.json) from an older crash
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

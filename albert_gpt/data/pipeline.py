@@ -1,0 +1,167 @@
+"""The data pipeline: config -> source -> splits -> tokenizer -> token cache, reused when cached.
+
+The cache key covers the source (with content hashes of local files), how held-out splits are
+carved, the tokenizer spec and PIPELINE_VERSION; `num_proc` and `cache_dir` do not change tokens
+and are left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from albert_gpt.config import Config, TokenizerConfig
+from albert_gpt.data import cache
+from albert_gpt.data.cache import META, TOKENIZER, TokenSplit
+from albert_gpt.data.packing import pack_split
+from albert_gpt.data.sources import hash_file, load_source, source_fingerprint
+from albert_gpt.data.splits import SPLITS, make_splits
+from albert_gpt.data.tokenizer import TextTokenizer, build_tokenizer
+from albert_gpt.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    tokenizer: TextTokenizer
+    splits: dict[str, TokenSplit]  # keys: "train", "val", "test"
+    cache_dir: Path  # this corpus's cache entry
+    stats: dict[str, Any]
+
+
+def pipeline_spec(cfg: Config) -> dict[str, Any]:
+    d = cfg.data
+    return {
+        "source": source_fingerprint(d),
+        "held_out": {"val_fraction": d.val_fraction, "test_fraction": d.test_fraction},
+        "tokenizer": tokenizer_fingerprint(cfg.tokenizer),
+    }
+
+
+def tokenizer_fingerprint(t: TokenizerConfig) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": t.type, "eot_token": t.eot_token}
+    if t.type == "bpe":
+        spec.update(vocab_size=t.vocab_size, min_frequency=t.min_frequency)
+    elif t.type == "pretrained":
+        path = Path(t.path or "")
+        if not path.is_file():
+            raise DataError(f"tokenizer.path: no such file: {t.path}")
+        spec["file_sha256"] = hash_file(path)
+    return spec
+
+
+def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
+    """Tokenized splits of the configured corpus, built on first use and reused after."""
+    start = time.perf_counter()
+    root = Path(cfg.data.cache_dir)
+    fp = cache.fingerprint(pipeline_spec(cfg))
+    entry = root / fp
+    meta = cache.read_entry(entry, fp)
+    cached = meta is not None
+    if meta is None:
+        log.info("building token cache %s", entry)
+        with _progress_bars(progress), cache.building_entry(root, fp) as tmp:
+            cache.write_json_atomic(tmp / META, _build(cfg, tmp, fp, progress))
+        meta = cache.read_entry(entry, fp)
+        if meta is None:
+            raise DataError(f"token cache {entry} is incomplete right after building it")
+    tokenizer = TextTokenizer.load(entry / TOKENIZER, eot_token=meta["eot_token"])
+    splits = {name: cache.open_split(entry, name, meta) for name in SPLITS}
+    seconds = time.perf_counter() - start
+    stats = {**meta["stats"], "cached": cached, "cache_path": str(entry), "seconds": seconds}
+    return PreparedData(tokenizer, splits, entry, stats)
+
+
+def _build(cfg: Config, out: Path, fp: str, progress: bool) -> dict[str, Any]:
+    """Fill `out` with tokenizer.json and the split files; return the metadata to write last."""
+    d = cfg.data
+    source = load_source(d, hf_cache=Path(d.cache_dir) / "hf")
+    if source.invalid_utf8:
+        log.warning("%s: %d invalid UTF-8 sequences replaced by U+FFFD", source.description,
+                    source.invalid_utf8)
+    for note in source.notes:
+        log.info("%s", note)
+    splits = make_splits(source, d.val_fraction, d.test_fraction)
+    t0 = time.perf_counter()
+    tokenizer = build_tokenizer(cfg.tokenizer, splits.documents["train"], progress)
+    tokenizer.save(out / TOKENIZER)
+    t1 = time.perf_counter()
+    dtype = cache.token_dtype(tokenizer.vocab_size)
+    per_split = {}
+    for name in SPLITS:
+        counts = pack_split(splits.documents[name], tokenizer, out / f"{name}.bin", dtype,
+                            separate=not d.join_rows, num_proc=d.num_proc, desc=f"tokenizing {name}")
+        per_split[name] = {"documents": counts.n_documents, "characters": counts.n_chars,
+                           "bytes": counts.n_bytes, "tokens": counts.tokens}
+        if name == "train" and counts.tokens == 0:
+            raise DataError(f"empty corpus: {source.description} has no text in its training split")
+    t2 = time.perf_counter()
+    n_tokens = sum(s["tokens"] for s in per_split.values())
+    stats = {
+        "source": source.description, "split_method": splits.method, "tokenizer": cfg.tokenizer.type,
+        "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "invalid_utf8": source.invalid_utf8,
+        "splits": per_split, "tokenizer_seconds": t1 - t0, "tokenize_seconds": t2 - t1,
+        "tokens_per_second": n_tokens / max(t2 - t1, 1e-9), "fingerprint": fp,
+    }
+    return {"fingerprint": fp, "pipeline_version": cache.PIPELINE_VERSION, "dtype": dtype.name,
+            "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, "eot_token": tokenizer.eot_token,
+            "splits": per_split, "stats": stats}
+
+
+def check_split_sizes(prepared: PreparedData, block_size: int,
+                      splits: tuple[str, ...] = ("train", "val")) -> None:
+    """Raise DataError for a split too short for one window of block_size + 1 tokens."""
+    for name in splits:
+        n = len(prepared.splits[name])
+        if n < block_size + 1:
+            raise DataError(
+                f"split {name!r} has {n} tokens, fewer than block_size + 1 = {block_size + 1} "
+                f"(lower model.block_size, or give the split more text)"
+            )
+
+
+def format_stats(prepared: PreparedData) -> str:
+    s = prepared.stats
+    lines = [
+        f"source      {s['source']}",
+        f"splits      {s['split_method']}",
+        f"tokenizer   {s['tokenizer']}, vocabulary {s['vocab_size']:,} ({s['dtype']} tokens)",
+        f"{'split':<6}{'documents':>12}{'characters':>15}{'bytes':>15}{'tokens':>14}{'bytes/token':>13}",
+    ]
+    for name in SPLITS:
+        x = s["splits"][name]
+        per = f"{x['bytes'] / x['tokens']:.3f}" if x["tokens"] else "-"
+        lines.append(f"{name:<6}{x['documents']:>12,}{x['characters']:>15,}{x['bytes']:>15,}{x['tokens']:>14,}{per:>13}")
+    if s["invalid_utf8"]:
+        lines.append(f"invalid UTF-8 sequences replaced by U+FFFD: {s['invalid_utf8']:,}")
+    lines.append(f"cache       {s['cache_path']}")
+    if s["cached"]:
+        lines.append(f"time        {s['seconds']:.2f} s (cache reused, nothing tokenized; "
+                     f"when built: {s['tokens_per_second']:,.0f} tokens/s)")
+    else:
+        lines.append(f"time        {s['seconds']:.2f} s (tokenizer {s['tokenizer_seconds']:.2f} s, "
+                     f"tokenization {s['tokenize_seconds']:.2f} s = {s['tokens_per_second']:,.0f} tokens/s)")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Turn datasets' tqdm bars off for the block when `enabled` is false, then restore them."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    if not enabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_disabled:
+            datasets.disable_progress_bars()
+        else:
+            datasets.enable_progress_bars()

@@ -1,0 +1,276 @@
+"""Corpus sources: where documents come from (`data.source`: builtin, files or hub).
+
+A source returns the splits it defines ("train", and "val"/"test" when it has them) as
+re-iterable collections of document strings; `splits.py` carves the missing ones from "train".
+Empty documents are dropped everywhere, so no two end-of-text tokens are ever adjacent.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from albert_gpt.config import DataConfig
+from albert_gpt.data.textio import read_jsonl, read_text_file
+from albert_gpt.errors import DataError
+
+SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
+_SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")  # written by datasets' save_to_disk
+
+
+@dataclass
+class SourceDocs:
+    splits: dict[str, Iterable[str]]  # "train" always; "val" / "test" when the source defines them
+    description: str
+    invalid_utf8: int = 0  # sequences replaced by U+FFFD while reading
+    notes: list[str] = field(default_factory=list)
+
+
+def document_count(docs: Iterable[str]) -> int | None:
+    """Number of documents when known without reading them (None for a stream)."""
+    if isinstance(docs, list):
+        return len(docs)
+    return getattr(docs, "length", None)
+
+
+def load_source(data: DataConfig, hf_cache: Path) -> SourceDocs:
+    """Read (or, for streams, open) the documents of `data.source`.
+
+    `hf_cache` holds the Arrow files `datasets` makes from local .parquet files.
+    """
+    if data.source == "builtin":
+        documents = _limit(builtin_documents(), data.max_documents)
+        return _nonempty(SourceDocs({"train": documents}, _describe(data)))
+    if data.source == "files":
+        return _nonempty(_read_files(list_files(data.path or ""), data, hf_cache))
+    return _hub(data)
+
+
+def builtin_documents() -> list[str]:
+    """Python's reference documentation topics, one document each, ordered by topic name."""
+    from pydoc_data.topics import topics
+
+    return [topics[name] for name in sorted(topics)]
+
+
+def list_files(spec: str) -> list[Path]:
+    """The files named by `data.path`: one file, every supported file under a directory, or a glob."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*")
+            if p.is_file() and p.suffix.lower() in SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        if not files:
+            raise DataError(f"data.path: no {' / '.join(SUFFIXES)} files under {spec}")
+        return files
+    if path.is_file():
+        files = [path]
+    elif any(char in spec for char in "*?["):
+        matches = glob.glob(os.path.expanduser(spec), recursive=True)
+        files = sorted(Path(p) for p in matches if Path(p).is_file())
+        if not files:
+            raise DataError(f"data.path: no files match {spec}")
+    else:
+        raise DataError(f"data.path: no such file or directory: {spec}")
+    for f in files:
+        if f.suffix.lower() not in SUFFIXES:
+            raise DataError(f"data.path: {f}: unsupported file type (supported: {', '.join(SUFFIXES)})")
+    return files
+
+
+def source_fingerprint(data: DataConfig) -> dict[str, Any]:
+    """Everything about the source that changes the documents read, for the cache key."""
+    spec: dict[str, Any] = {
+        "source": data.source, "max_documents": data.max_documents, "text_field": data.text_field,
+        "join_rows": data.join_rows, "encoding_errors": data.encoding_errors,
+    }
+    if data.source == "builtin":
+        spec["content"] = _hash_texts(builtin_documents())
+    elif data.source == "files":
+        spec["files"] = [[str(f.resolve()), hash_file(f)] for f in list_files(data.path or "")]
+    else:
+        ident = data.path or data.name or ""
+        spec.update(dataset=ident, config=data.config,
+                    splits=[data.split, data.val_split, data.test_split])
+        local = Path(ident).expanduser()
+        if local.is_dir():
+            spec["dataset"] = str(local.resolve())
+            spec["files"] = [[str(f.relative_to(local)), hash_file(f)]
+                             for f in sorted(local.rglob("*")) if f.is_file()]
+    return spec
+
+
+# ---------------------------------------------------------------- files
+
+def _read_files(files: list[Path], data: DataConfig, hf_cache: Path) -> SourceDocs:
+    documents: list[str] = []
+    invalid = 0
+    for f in files:
+        suffix = f.suffix.lower()
+        if suffix == ".jsonl":
+            texts, bad = read_jsonl(f, data.text_field, data.encoding_errors)
+        elif suffix == ".parquet":
+            texts, bad = _parquet_texts(f, data.text_field, hf_cache), 0
+        else:
+            decoded = read_text_file(f, data.encoding_errors)
+            texts, bad = [decoded.text], decoded.invalid
+        documents.extend(t for t in texts if t)
+        invalid += bad
+        if data.max_documents is not None and len(documents) >= data.max_documents:
+            break
+    return SourceDocs({"train": _limit(documents, data.max_documents)}, _describe(data, len(files)), invalid)
+
+
+def _parquet_texts(path: Path, text_field: str, hf_cache: Path) -> list[str]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(hf_cache))
+    except Exception as exc:  # pyarrow and datasets raise many types for a damaged file
+        raise DataError(f"{path}: cannot read parquet ({_first_line(exc)})") from None
+    if text_field not in ds.column_names:
+        columns = ", ".join(ds.column_names)
+        raise DataError(f"{path}: no column {text_field!r} (data.text_field; columns: {columns})")
+    texts = list(ds[text_field])
+    for row, text in enumerate(texts):
+        if not isinstance(text, str):
+            kind = type(text).__name__
+            raise DataError(f"{path}: row {row} of column {text_field!r} is {kind}, not a string")
+    return texts
+
+
+# ---------------------------------------------------------------- hub
+
+class HubColumn:
+    """The text column of a `datasets` split, re-iterable, read in batches (streams stay lazy)."""
+
+    def __init__(self, ds: Any, text_field: str, where: str, length: int | None) -> None:
+        self._ds, self._field, self._where, self.length = ds, text_field, where, length
+
+    def __iter__(self) -> Iterator[str]:
+        for batch in self._ds.iter(batch_size=1000):
+            for text in batch[self._field]:
+                if not isinstance(text, str):
+                    kind = type(text).__name__
+                    raise DataError(f"{self._where}: a {self._field!r} value is {kind}, not a string")
+                if text:
+                    yield text
+
+
+def _hub(data: DataConfig) -> SourceDocs:
+    import datasets
+
+    ident = data.path or data.name or ""
+    wanted = {"train": data.split, "val": data.val_split, "test": data.test_split}
+    local = Path(ident).expanduser()
+    notes = []
+    if local.is_dir() and any((local / m).is_file() for m in _SAVED_DATASET_MARKERS):
+        saved = datasets.load_from_disk(str(local))
+        if isinstance(saved, datasets.Dataset):
+            notes.append("a single saved Dataset is the whole corpus: val/test carved from it")
+            found = {"train": saved}
+        else:
+            found = {key: _saved_split(saved, ident, key, split) for key, split in wanted.items() if split}
+    else:
+        found = {key: _load_hub_split(ident, data, key, split) for key, split in wanted.items() if split}
+    splits = {key: _column(ds, data, f"{ident} [{key}]") for key, ds in found.items()}
+    return SourceDocs(splits, _describe(data), notes=notes)
+
+
+def _saved_split(saved: Any, ident: str, key: str, split: str) -> Any:
+    if split not in saved:
+        raise DataError(
+            f"{ident}: no split {split!r} (available: {', '.join(saved)}); set data.{_split_key(key)} to one "
+            "of them, or null to carve it from the training split"
+        )
+    return saved[split]
+
+
+def _load_hub_split(ident: str, data: DataConfig, key: str, split: str) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_dataset(ident, data.config, split=split, streaming=data.streaming)
+    except ValueError as exc:
+        if "split" not in str(exc).lower():
+            raise DataError(f"hub dataset {ident!r}: {_first_line(exc)}") from None
+        raise DataError(
+            f"hub dataset {ident!r}: no split {split!r} ({_first_line(exc)}); set data.{_split_key(key)} "
+            "to an existing split, or null to carve it from the training split"
+        ) from None
+    except Exception as exc:  # offline, unknown name, gated: datasets raises a different type for each
+        where = f"{ident!r}" + (f" (config {data.config!r})" if data.config else "")
+        raise DataError(
+            f"could not load hub dataset {where}: {_first_line(exc)}; loading from the hub needs network "
+            "access, offline set data.path to a local copy (a save_to_disk directory or data files)"
+        ) from None
+
+
+def _column(ds: Any, data: DataConfig, where: str) -> HubColumn:
+    names = ds.column_names
+    if names is not None and data.text_field not in names:
+        listed = ", ".join(names)
+        raise DataError(f"{where}: no column {data.text_field!r} (data.text_field; columns: {listed})")
+    ds = ds.select_columns([data.text_field])
+    length = None
+    if hasattr(ds, "__len__"):  # a map-style Dataset; streams have no length
+        length = len(ds)
+        if data.max_documents is not None and data.max_documents < length:
+            length = data.max_documents
+            ds = ds.select(range(length))
+    elif data.max_documents is not None:
+        ds = ds.take(data.max_documents)
+    return HubColumn(ds, data.text_field, where, length)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _limit(documents: list[str], max_documents: int | None) -> list[str]:
+    documents = [d for d in documents if d]
+    return documents if max_documents is None else documents[:max_documents]
+
+
+def _nonempty(source: SourceDocs) -> SourceDocs:
+    if not any(source.splits["train"]):
+        raise DataError(f"empty corpus: {source.description} contains no text")
+    return source
+
+
+def _describe(data: DataConfig, n_files: int | None = None) -> str:
+    if data.source == "builtin":
+        return "builtin (Python reference documentation, pydoc_data.topics)"
+    if data.source == "files":
+        return f"files: {data.path} ({n_files} file{'s' if n_files != 1 else ''})"
+    return f"hub: {data.path or data.name}" + (f" / {data.config}" if data.config else "")
+
+
+def _split_key(key: str) -> str:
+    return {"train": "split", "val": "val_split", "test": "test_split"}[key]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hash_texts(texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()

@@ -1,0 +1,133 @@
+"""Train / validation / test: the source's own splits, else carved from the training documents.
+
+By document, with a fixed seedless rule on a document's position i: Fibonacci hashing,
+u_i = frac((i + 1) / phi), is equidistributed, so every held-out split gets its share to within
+a document or two at any corpus size, and a stream is split without knowing its length
+(document i is held out for validation when u_i < val_fraction, for test when the next
+test_fraction of the unit interval holds it).
+
+By character position when that rule would leave a held-out split or train without a document
+(a single file such as tiny Shakespeare): the joined text is cut into train, then val, then
+test, each cut moved forward to the next line start (nanoGPT cuts its 90/10 split this way,
+without the line rule).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from albert_gpt.data.sources import SourceDocs, document_count
+
+SPLITS = ("train", "val", "test")
+_FIB = 2654435769  # round(2**32 / phi): Knuth's multiplicative hashing constant
+
+
+def unit_position(i: int | np.ndarray) -> float | np.ndarray:
+    """u_i in [0, 1) for document position i (exact integer arithmetic, the same on every machine)."""
+    if isinstance(i, np.ndarray):
+        # uint64 products wrap modulo 2**64, a multiple of 2**32, so the result is still exact
+        return ((i.astype(np.uint64) + 1) * np.uint64(_FIB) % np.uint64(2**32)) / 2**32
+    return ((i + 1) * _FIB % 2**32) / 2**32
+
+
+def _label(u: float, carve: list[tuple[str, float]]) -> str:
+    edge = 0.0
+    for name, fraction in carve:
+        edge += fraction
+        if u < edge:
+            return name
+    return "train"
+
+
+@dataclass
+class Splits:
+    documents: dict[str, Iterable[str]]  # keys: SPLITS
+    method: str
+
+
+class CarvedDocuments:
+    """The documents of one split under the position rule, re-iterable over a list or a stream."""
+
+    def __init__(self, train: Iterable[str], carve: list[tuple[str, float]], name: str,
+                 length: int | None) -> None:
+        self._train, self._carve, self._name, self.length = train, carve, name, length
+
+    def __iter__(self) -> Iterator[str]:
+        for i, doc in enumerate(self._train):
+            if _label(unit_position(i), self._carve) == self._name:
+                yield doc
+
+
+def make_splits(source: SourceDocs, val_fraction: float, test_fraction: float) -> Splits:
+    """All three splits: those the source defines, the others carved from its "train"."""
+    fractions = {"val": val_fraction, "test": test_fraction}
+    carve = [(name, fractions[name]) for name in ("val", "test") if name not in source.splits]
+    if not carve:
+        return Splits(dict(source.splits), "the source's own splits")
+    train = source.splits["train"]
+    n = document_count(train)
+    counts = _counts(n, carve) if n is not None else None
+    own = [name for name in ("val", "test") if name in source.splits]
+    suffix = f"; {', '.join(own)} from the source" if own else ""
+    names = ", ".join(name for name, f in carve if f > 0) or "no held-out split"
+    by_position = counts is not None and (not counts or not all(counts[name] for name, f in carve if f > 0))
+    if by_position:
+        docs = list(train)
+        pieces = split_by_position(docs, carve)
+        count = f"{len(docs)} document{'s' if len(docs) != 1 else ''}"
+        method = f"{names} cut from train by character position at line starts ({count}){suffix}"
+        return Splits({**source.splits, **pieces}, method)
+    documents = dict(source.splits)
+    for name in ["train"] + [name for name, _ in carve]:
+        length = counts[name] if counts is not None else None
+        documents[name] = CarvedDocuments(train, carve, name, length)
+    return Splits(documents, f"{names} carved from train by document (fixed position rule){suffix}")
+
+
+def _counts(n: int, carve: list[tuple[str, float]]) -> dict[str, int]:
+    """Documents per split under the position rule; {} when train would be left empty."""
+    u = unit_position(np.arange(n))
+    counts, edge = {}, 0.0
+    for name, fraction in carve:
+        counts[name] = int(np.count_nonzero((u >= edge) & (u < edge + fraction)))
+        edge += fraction
+    counts["train"] = n - sum(counts.values())
+    return counts if counts["train"] > 0 else {}
+
+
+def split_by_position(docs: list[str], carve: list[tuple[str, float]]) -> dict[str, list[str]]:
+    """Cut the joined documents into train then each carved split, at line starts."""
+    starts = [0]
+    for doc in docs:
+        starts.append(starts[-1] + len(doc))
+    total = starts[-1]
+    held_out = sum(fraction for _, fraction in carve)
+    cuts, position = [], total * (1.0 - held_out)
+    for _, fraction in carve:
+        cuts.append(_line_start(docs, starts, round(position)))
+        position += total * fraction
+    bounds = [0, *cuts, total]
+    names = ["train"] + [name for name, _ in carve]
+    pieces: dict[str, list[str]] = {name: [] for name in names}
+    for doc, start in zip(docs, starts):
+        for name, lo, hi in zip(names, bounds, bounds[1:]):
+            piece = doc[max(lo - start, 0): max(hi - start, 0)]
+            if piece:
+                pieces[name].append(piece)
+    return pieces
+
+
+def _line_start(docs: list[str], starts: list[int], position: int) -> int:
+    """The first position >= `position` that begins a line (or a document)."""
+    k = bisect.bisect_right(starts, position) - 1
+    if k >= len(docs):
+        return starts[-1]
+    doc, offset = docs[k], position - starts[k]
+    if offset == 0 or doc[offset - 1] == "\n":
+        return position
+    newline = doc.find("\n", offset)
+    return starts[k] + (newline + 1 if newline >= 0 else len(doc))

@@ -1,0 +1,205 @@
+"""Tokenizers (`tokenizer.type`): byte-level BPE trained here, a character vocabulary, or a
+pretrained `tokenizer.json`, behind one `TextTokenizer` interface.
+
+The end-of-text token is only ever inserted by id between documents: text that happens to
+contain its spelling is encoded as ordinary text, so a corpus cannot fake a document boundary.
+Decoding renders it as its spelling, so decode(encode(text)) == text holds for byte-level BPE
+on any text, and for `char` on any text whose characters occur in the training split.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from albert_gpt.config import TokenizerConfig
+from albert_gpt.data.sources import document_count
+from albert_gpt.errors import DataError
+
+CHAR_FORMAT = "albert_gpt.char_tokenizer"
+DEFAULT_EOT = "<|endoftext|>"
+UNKNOWN_CHAR = "\ufffd"  # what the unknown-character id decodes to
+
+
+class CharVocab:
+    """Ids 0..n-1 for the sorted characters of the training split, n for end-of-text, n+1 for
+    any character seen only outside it (nanoGPT's shakespeare_char takes its vocabulary from the
+    whole text; taking it from train alone keeps val/test unseen, at the cost of that one id)."""
+
+    def __init__(self, chars: Iterable[str], eot_token: str) -> None:
+        self.chars = sorted(set(chars))
+        self.eot_token = eot_token
+        self.eot_id, self.unk_id = len(self.chars), len(self.chars) + 1
+        self._codes = np.array([ord(c) for c in self.chars], dtype=np.int64)  # sorted code points
+        self._table = [*self.chars, eot_token, UNKNOWN_CHAR]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._table)
+
+    def encode(self, text: str) -> list[int]:
+        # one vectorised lookup: UTF-32 gives the code points, searchsorted their vocabulary rank
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
+        if not len(self._codes):
+            return [self.unk_id] * len(codes)
+        rank = np.minimum(np.searchsorted(self._codes, codes), len(self._codes) - 1)
+        return np.where(self._codes[rank] == codes, rank, self.unk_id).tolist()
+
+    def decode(self, ids: Sequence[int]) -> str:
+        try:
+            return "".join([self._table[i] for i in ids])
+        except (IndexError, TypeError):
+            bad = next(i for i in ids if not isinstance(i, int) or not 0 <= i < len(self._table))
+            raise DataError(f"token id {bad} is outside the vocabulary of {len(self._table)}") from None
+
+    def to_json(self) -> dict:
+        return {"format": CHAR_FORMAT, "version": 1, "chars": self.chars, "eot_token": self.eot_token}
+
+
+class TextTokenizer:
+    """encode / decode / vocab_size / eot_id over a `tokenizers.Tokenizer` or a CharVocab."""
+
+    def __init__(self, backend: Tokenizer | CharVocab, eot_token: str) -> None:
+        self._backend = backend
+        self.eot_token = eot_token
+        if isinstance(backend, CharVocab):
+            self.kind, self.eot_id = "char", backend.eot_id
+        else:
+            backend.encode_special_tokens = True  # see the module docstring; not saved in the JSON
+            eot_id = backend.token_to_id(eot_token)
+            if eot_id is None:
+                raise DataError(
+                    f"tokenizer has no token {eot_token!r} (set tokenizer.eot_token to its end-of-text token)"
+                )
+            self.kind, self.eot_id = "tokenizers", eot_id
+
+    @property
+    def vocab_size(self) -> int:
+        if isinstance(self._backend, CharVocab):
+            return self._backend.vocab_size
+        return self._backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        if isinstance(self._backend, CharVocab):
+            return self._backend.encode(text)
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if isinstance(self._backend, CharVocab):
+            return [self._backend.encode(t) for t in texts]
+        # encode_batch_fast (tokenizers >= 0.21) skips computing character offsets we never read
+        encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
+        encodings = encode(texts, add_special_tokens=False)
+        return [e.ids for e in encodings]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in ids]
+        if isinstance(self._backend, CharVocab):
+            return self._backend.decode(ids)
+        return self._backend.decode(ids, skip_special_tokens=False)
+
+    def to_json(self) -> str:
+        if isinstance(self._backend, CharVocab):
+            return json.dumps(self._backend.to_json(), ensure_ascii=False)
+        return self._backend.to_str()
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically; a `tokenizers` backend is written as a standard tokenizer.json."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, eot_token: str | None = None) -> TextTokenizer:
+        """Read a tokenizer.json written by `save` (or by `tokenizers`).
+
+        The end-of-text token of a `tokenizers` file is `eot_token` when given, else
+        <|endoftext|> when the vocabulary has it, else its only special token.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"tokenizer file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not a tokenizer.json (line {exc.lineno}: {exc.msg})") from None
+        if isinstance(spec, dict) and spec.get("format") == CHAR_FORMAT:
+            return cls(CharVocab(spec["chars"], spec["eot_token"]), spec["eot_token"])
+        try:
+            backend = Tokenizer.from_str(text)
+        except Exception as exc:  # tokenizers raises a bare Exception for a schema mismatch
+            raise DataError(f"{path}: not a tokenizer.json readable by tokenizers ({exc})") from None
+        return cls(backend, eot_token or _guess_eot(backend, spec, path))
+
+    # `tokenizers` pickles through its JSON, which drops encode_special_tokens; rebuild through
+    # __init__ so worker processes of datasets.map encode exactly as this process does
+    def __getstate__(self) -> dict:
+        return {"json": self.to_json(), "eot_token": self.eot_token, "char": self.kind == "char"}
+
+    def __setstate__(self, state: dict) -> None:
+        if state["char"]:
+            spec = json.loads(state["json"])
+            backend: Tokenizer | CharVocab = CharVocab(spec["chars"], spec["eot_token"])
+        else:
+            backend = Tokenizer.from_str(state["json"])
+        self.__init__(backend, state["eot_token"])
+
+
+def _guess_eot(backend: Tokenizer, spec: dict, path: Path) -> str:
+    if backend.token_to_id(DEFAULT_EOT) is not None:
+        return DEFAULT_EOT
+    specials = [t["content"] for t in spec.get("added_tokens", []) if t.get("special")]
+    if len(specials) == 1:
+        return specials[0]
+    raise DataError(
+        f"{path}: cannot tell which token ends a text (special tokens: {specials}); pass eot_token"
+    )
+
+
+def build_tokenizer(cfg: TokenizerConfig, train_documents: Iterable[str], progress: bool) -> TextTokenizer:
+    """Train on the training split only (bpe, char), or read `tokenizer.path` (pretrained)."""
+    if cfg.type == "pretrained":
+        return load_pretrained(cfg)
+    if cfg.type == "char":
+        chars: set[str] = set()
+        for doc in train_documents:
+            chars.update(doc)
+        return TextTokenizer(CharVocab(chars, cfg.eot_token), cfg.eot_token)
+    return TextTokenizer(_train_bpe(cfg, train_documents, progress), cfg.eot_token)
+
+
+def _train_bpe(cfg: TokenizerConfig, documents: Iterable[str], progress: bool) -> Tokenizer:
+    backend = Tokenizer(models.BPE())
+    # byte-level: every string maps to bytes the base alphabet covers, so nothing is unknown
+    # and decoding is exact; no prefix space, so "a" at a document start stays "a"
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=[cfg.eot_token],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=progress,
+    )
+    backend.train_from_iterator(documents, trainer=trainer, length=document_count(documents))
+    return backend
+
+
+def load_pretrained(cfg: TokenizerConfig) -> TextTokenizer:
+    path = Path(cfg.path or "")
+    if not path.is_file():
+        raise DataError(f"tokenizer.path: no such file: {cfg.path}")
+    try:
+        backend = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for unreadable files
+        message = f"tokenizer.path {path}: not a tokenizer.json readable by tokenizers ({exc})"
+        raise DataError(message) from None
+    if backend.token_to_id(cfg.eot_token) is None:
+        raise DataError(
+            f"tokenizer.path {path}: no token {cfg.eot_token!r} "
+            "(set tokenizer.eot_token to its end-of-text token)"
+        )
+    return TextTokenizer(backend, cfg.eot_token)

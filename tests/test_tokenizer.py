@@ -1,0 +1,162 @@
+"""Tokenizers: byte-level BPE round trips, the character vocabulary, pretrained files, saving."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import re
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from albert_gpt.config import TokenizerConfig
+from albert_gpt.data.sources import builtin_documents
+from albert_gpt.data.tokenizer import UNKNOWN_CHAR, TextTokenizer, build_tokenizer
+from albert_gpt.errors import DataError
+
+EOT = "<|endoftext|>"
+
+
+@pytest.fixture(scope="module")
+def bpe() -> TextTokenizer:
+    cfg = TokenizerConfig(type="bpe", vocab_size=600)
+    return build_tokenizer(cfg, builtin_documents()[:30], progress=False)
+
+
+def random_unicode(rng: random.Random, n: int) -> str:
+    """Any scalar value: every plane, controls, combining marks; never a lone surrogate."""
+    chars = []
+    while len(chars) < n:
+        code = rng.choice([rng.randrange(0x80), rng.randrange(0x800), rng.randrange(0x10000),
+                           rng.randrange(0x110000)])
+        if not 0xD800 <= code <= 0xDFFF:
+            chars.append(chr(code))
+    return "".join(chars)
+
+
+def test_bpe_round_trip_random_unicode(bpe):
+    """decode(encode(text)) == text for random Unicode text, character by character."""
+    rng = random.Random(0)
+    for _ in range(50):
+        text = random_unicode(rng, rng.randrange(1, 200))
+        assert bpe.decode(bpe.encode(text)) == text
+
+
+@pytest.mark.parametrize("text", [
+    "", " ", "\n\n\n", "  \t \r\n  x  ", "emoji 😀👩🏽‍🚀🇫🇷 end", "中文和日本語のテキスト、한국어",
+    "\u00a0nbsp\u200bzero width\ufeffbom", "\x00\x01 controls \x7f", "e\u0301 combining", "\ufffd",
+    "literal <|endoftext|> inside", "x" * 5000,
+])
+def test_bpe_round_trip_edge_cases(bpe, text):
+    """Round trip on emojis (with joiners), CJK, whitespace runs, controls and the eot spelling."""
+    assert bpe.decode(bpe.encode(text)) == text
+
+
+def test_bpe_vocabulary_and_eot(bpe):
+    """The vocabulary has the requested size, the eot token is one id, and text spelling the eot
+    token is encoded as ordinary text, never as that id."""
+    assert bpe.vocab_size == 600
+    assert bpe.eot_token == EOT and 0 <= bpe.eot_id < 600
+    assert bpe.eot_id not in bpe.encode(f"a {EOT} b")
+    assert bpe.decode([bpe.eot_id]) == EOT
+
+
+def test_bpe_merges_compress_training_text(bpe):
+    """Merges learned from the corpus make its text shorter than its UTF-8 bytes."""
+    text = builtin_documents()[0]
+    assert len(bpe.encode(text)) < 0.6 * len(text.encode("utf-8"))
+
+
+def test_bpe_save_load_same_ids(tmp_path, bpe):
+    """A saved tokenizer.json (standard tokenizers format) loads back to the same encoding."""
+    path = tmp_path / "tokenizer.json"
+    bpe.save(path)
+    again = TextTokenizer.load(path)
+    text = "Some text, with 中文 and <|endoftext|>."
+    assert again.encode(text) == bpe.encode(text)
+    assert again.eot_id == bpe.eot_id
+    assert Tokenizer.from_file(str(path)).get_vocab_size() == 600
+
+
+def test_pickle_keeps_special_token_handling(bpe):
+    """A pickled copy (as datasets.map sends to worker processes) still treats the eot spelling
+    as text: tokenizers' own pickling would drop that setting."""
+    copy = pickle.loads(pickle.dumps(bpe))
+    text = f"x {EOT} y"
+    assert copy.encode(text) == bpe.encode(text) and copy.eot_id not in copy.encode(text)
+
+
+def test_char_vocabulary_from_train_only():
+    """char: sorted training characters, then eot, then the unknown id; unseen characters map to
+    the unknown id and decode to U+FFFD."""
+    tok = build_tokenizer(TokenizerConfig(type="char"), ["hello", "world"], progress=False)
+    chars = sorted(set("helloworld"))
+    assert tok.vocab_size == len(chars) + 2
+    assert tok.encode("hold") == [chars.index(c) for c in "hold"]
+    assert tok.eot_id == len(chars)
+    assert tok.encode("hz!") == [chars.index("h"), len(chars) + 1, len(chars) + 1]
+    assert tok.decode(tok.encode("hz")) == "h" + UNKNOWN_CHAR
+    assert tok.decode([tok.eot_id]) == EOT
+
+
+def test_char_round_trip_and_save_load(tmp_path):
+    """char round trip on text drawn from its vocabulary (astral characters included), also after load."""
+    corpus = "ab c\n😀 中\t"
+    tok = build_tokenizer(TokenizerConfig(type="char"), [corpus], progress=False)
+    rng = random.Random(1)
+    text = "".join(rng.choice(corpus) for _ in range(500))
+    assert tok.decode(tok.encode(text)) == text
+    tok.save(tmp_path / "tokenizer.json")
+    again = TextTokenizer.load(tmp_path / "tokenizer.json")
+    assert again.encode(text) == tok.encode(text) and again.vocab_size == tok.vocab_size
+
+
+def test_char_decode_out_of_range_id():
+    """An id outside the vocabulary is a DataError naming it."""
+    tok = build_tokenizer(TokenizerConfig(type="char"), ["ab"], progress=False)
+    with pytest.raises(DataError, match="token id 99 is outside the vocabulary of 4"):
+        tok.decode([0, 99])
+
+
+def word_level_file(tmp_path, specials: list[str]):
+    vocab = {w: i for i, w in enumerate(["[UNK]", "hello", "world", *specials])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(specials)
+    path = tmp_path / "pretrained.json"
+    tok.save(str(path))
+    return path
+
+
+def test_pretrained_file(tmp_path):
+    """pretrained: a tokenizer.json written by tokenizers is used as is, eot from tokenizer.eot_token."""
+    path = word_level_file(tmp_path, ["</s>"])
+    tok = build_tokenizer(TokenizerConfig(type="pretrained", path=str(path), eot_token="</s>"), [], False)
+    assert tok.encode("hello world") == [1, 2] and tok.eot_id == 3
+
+
+def test_pretrained_without_eot_token(tmp_path):
+    """A pretrained file lacking the configured eot token: DataError saying which key to set."""
+    path = word_level_file(tmp_path, ["</s>"])
+    with pytest.raises(DataError, match=re.escape("no token '<|endoftext|>' (set tokenizer.eot_token")):
+        build_tokenizer(TokenizerConfig(type="pretrained", path=str(path)), [], False)
+
+
+def test_pretrained_missing_or_garbage_file(tmp_path):
+    """A missing file and a file that is not a tokenizer.json: DataError naming the path."""
+    with pytest.raises(DataError, match="no such file"):
+        build_tokenizer(TokenizerConfig(type="pretrained", path=str(tmp_path / "nope.json")), [], False)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": 1}', encoding="utf-8")
+    with pytest.raises(DataError, match="bad.json: not a tokenizer.json"):
+        build_tokenizer(TokenizerConfig(type="pretrained", path=str(bad)), [], False)
+
+
+def test_load_guesses_the_only_special_token(tmp_path):
+    """Loading a tokenizers file without <|endoftext|> takes its single special token as eot, and
+    refuses to guess among several."""
+    assert TextTokenizer.load(word_level_file(tmp_path, ["</s>"])).eot_id == 3
+    ambiguous = word_level_file(tmp_path, ["<s>", "</s>"])
+    with pytest.raises(DataError, match="cannot tell which token ends a text"):
+        TextTokenizer.load(ambiguous)
+    assert TextTokenizer.load(ambiguous, eot_token="</s>").eot_id == 4
