@@ -105,6 +105,8 @@ def evaluate_tokens(
     max_batches: int | None = None,
     n_bytes: int | None = None,
     progress: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """Token-weighted loss (nats), perplexity and bits per byte of `model` on `tokens`.
 
@@ -114,7 +116,13 @@ def evaluate_tokens(
     the text behind `tokens`) turns the loss into bits per byte: total NLL / ln 2 / n_bytes
     when the whole split is scored; for a subset, the same figure estimated from the subset's
     loss and the split's bytes per predicted token.
+
+    With `world_size` > 1 (torchrun) this rank scores batches rank, rank + world_size, ... of
+    those; summing `nll_sum` and `tokens` over ranks gives the single-process figure
+    (albert_gpt.training.distributed.reduce_evaluation).
     """
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is outside world_size {world_size}")
     if batch_size < 1:
         raise ConfigError(f"evaluation batch size must be >= 1, got {batch_size}")
     if max_batches is not None and max_batches < 1:
@@ -128,20 +136,26 @@ def evaluate_tokens(
     model.eval()
     nll_sum, count = 0.0, 0
     try:
-        batches = itertools.islice(_batches(plan, batch_size), total)
-        for batch in tqdm(batches, total=total, desc="eval", unit="batch", disable=not progress):
+        mine = range(rank, total, world_size)
+        batches = itertools.islice(_batches(plan, batch_size), rank, total, world_size)
+        for batch in tqdm(batches, total=len(mine), desc="eval", unit="batch", disable=not progress):
             batch_nll, batch_count = _score(model, *_batch_tensors(tokens, batch), device, dtype)
             nll_sum += batch_nll
             count += batch_count
+        for _ in range(-(-total // world_size) - len(mine)):
+            # Under FSDP every forward pass is a collective: a rank one batch short still runs
+            # one (its result discarded), so all ranks make the same number of passes.
+            _score(model, *_batch_tensors(tokens, next(_batches(plan, batch_size))), device, dtype)
     finally:
         model.train(was_training)
-    loss = nll_sum / count
+    loss = nll_sum / count if count else math.nan  # count 0: a rank whose share is empty
     predicted = len(tokens) - 1  # == count when every batch was scored
     return {
         "loss": loss,
         "perplexity": math.exp(loss) if loss < 700 else math.inf,  # exp overflows a float past ~709
         "bits_per_byte": loss * predicted / math.log(2) / n_bytes if n_bytes else None,
         "tokens": count,
+        "nll_sum": nll_sum,
     }
 
 

@@ -1,0 +1,134 @@
+"""Where logged values go: TensorBoard event files in RUN_DIR/tb and RUN_DIR/metrics.jsonl.
+
+metrics.jsonl holds one JSON object per scalar, {"step", "tag", "value", "wall_time"}, so
+scripts can read curves without TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+TB_DIR = "tb"
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl; a half-written last line (crash mid-write) is ignored."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop records logged after `last_step`: a resumed run logs those steps again."""
+    if not path.is_file():
+        return
+    kept = [json.dumps(r) for r in read_metrics(path) if r["step"] <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _wait_for_a_later_second(tb_dir: Path) -> None:
+    """Make the next event file sort after the existing ones.
+
+    TensorBoard reads a run's event files in name order, and a name starts with its creation
+    time in whole seconds (then host, pid and a per-process counter that sorts "10" before "9").
+    The purge that hides steps logged after the checkpoint works only when the resumed file
+    comes last, so a resume within the same second as an earlier writer waits for the next one.
+    """
+    stamps = [int(p.name.split(".")[3]) for p in tb_dir.glob("events.out.tfevents.*")
+              if p.name.split(".")[3].isdigit()]
+    if stamps and time.time() < max(stamps) + 1:
+        time.sleep(max(stamps) + 1 - time.time())
+
+
+class MetricsLogger:
+    """Writes every scalar to metrics.jsonl and, when enabled, to TensorBoard.
+
+    `resume_step` (a resumed run) discards what was logged after that step, in both places,
+    so curves never show a step twice.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None):
+        self.path = Path(run_dir) / METRICS_FILE
+        if resume_step is not None:
+            truncate_metrics(self.path, resume_step)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self.writer = None
+        if tensorboard:
+            # Imported here: TensorBoard pulls in a lot, and tensorboard: false should not pay for it.
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb_dir = Path(run_dir) / TB_DIR
+            purge = None
+            if resume_step is not None:
+                purge = resume_step + 1
+                _wait_for_a_later_second(tb_dir)
+            self.writer = SummaryWriter(log_dir=str(tb_dir), purge_step=purge)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        value = float(value)
+        now = time.time()
+        # JSON has no NaN/inf; null keeps the line valid and the step visible.
+        shown = value if math.isfinite(value) else None
+        record = {"step": step, "tag": tag, "value": shown, "wall_time": now}
+        self._file.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step, walltime=now)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        for tag, value in values.items():
+            self.scalar(tag, value, step)
+
+    def histogram(self, tag: str, values: Any, step: int) -> None:
+        """TensorBoard only: metrics.jsonl holds scalars."""
+        if self.writer is not None:
+            self.writer.add_histogram(tag, values, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
+
+    def hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None:
+        """One hparams-plugin entry in this run's own event files, so runs compare side by side.
+
+        The plugin shows, per metric tag, the last value of that scalar in the run; naming the
+        val/* tags already logged avoids writing the final values a second time (which
+        SummaryWriter.add_hparams would do, into a separate timestamped run).
+        """
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        # The plugin accepts numbers, strings and bools; None has no domain, so it becomes text.
+        clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
+        experiment, session_start, session_end = hparams_summary(clean, dict.fromkeys(metric_tags, 0.0))
+        for summary in (experiment, session_start, session_end):
+            self.writer.file_writer.add_summary(summary)
+
+    def flush(self) -> None:
+        self._file.flush()
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

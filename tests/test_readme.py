@@ -1,0 +1,69 @@
+"""README.md stays true: its config table is the generated one, and its commands exist."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+from pathlib import Path
+
+from albert_gpt.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _config_table_script():
+    spec = importlib.util.spec_from_file_location("config_table", ROOT / "scripts" / "config_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bash_lines() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_readme_config_table_is_the_generated_one():
+    """The table between the config-table markers equals the one generated from the dataclasses."""
+    script = _config_table_script()
+    table = script.readme_table(README)
+    assert table == script.markdown_table()
+    assert table.count("\n| `") == len(script.key_table())  # one row per key
+
+
+def test_setup_lines_use_what_exists():
+    """The two set-up lines (tests, quickstart) pin the torch CI installs, name an existing extra,
+    and end in a command that exists: pytest, or `albert-gpt train` on a shipped config."""
+    setup = [line for line in _bash_lines() if line.startswith("python3 -m venv")]
+    assert len(setup) == 2
+    ci_torch = re.search(r"pip install -q (torch==\S+)", (ROOT / ".ci" / "run").read_text()).group(1)
+    # tomllib is 3.11+ and the project supports 3.10: read the extras' names from their TOML table
+    table = (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1].split("\n[")[0]
+    extras = re.findall(r"^(\w+)\s*=", table, flags=re.M)
+    assert "dev" in extras
+    for line in setup:
+        steps = [shlex.split(step) for step in line.split("&&")]
+        assert ["pip", "install", ci_torch] in steps
+        (install,) = [s for s in steps if s[:3] == ["pip", "install", "-e"]]
+        extra = re.fullmatch(r"\.(?:\[(\w+)\])?", install[3])
+        assert extra and (extra.group(1) is None or extra.group(1) in extras)
+    test_line, quickstart = sorted(setup, key=lambda line: "pytest" not in line)
+    assert test_line.endswith("python -m pytest -q")
+    last = shlex.split(quickstart.split("&&")[-1])
+    assert last[:2] == ["albert-gpt", "train"] and (ROOT / last[2]).is_file()
+
+
+def test_every_albert_gpt_command_in_the_readme_parses():
+    """Each `albert-gpt ...` line of the README's bash blocks is accepted by the real argument parser."""
+    parser = build_parser()
+    commands = [shlex.split(line.split("&&")[-1], comments=True) for line in _bash_lines()
+                if "albert-gpt " in line]
+    commands = [c for c in commands if c and c[0] == "albert-gpt"]
+    assert len(commands) >= 4
+    for command in commands:
+        args = parser.parse_args(command[1:])
+        assert args.command == command[1]
+        if args.command == "train" and not args.resume:
+            assert (ROOT / args.config).is_file(), command
