@@ -70,9 +70,25 @@ class CausalSelfAttention(nn.Module):
                 if T > 1:
                     mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        y = _attention(q, k, v, mask, p, causal)
         y = y.transpose(1, 2).contiguous().view(B, T, H)
         return self.resid_dropout(self.proj(y))
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               dropout_p: float, causal: bool) -> torch.Tensor:
+    """SDPA; on CPU, bf16 inputs are attended in fp32 and the result cast back.
+
+    torch's CPU flash-attention backward runs about 3.7x slower in bf16 than in fp32 (T 64,
+    hs 32; docs/performance.md), which cost more than bf16 matmuls saved. Attention is a
+    small share of the FLOPs here, so fp32 costs little and is the more accurate softmax anyway.
+    """
+    if q.device.type != "cpu" or q.dtype != torch.bfloat16:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
+    with torch.autocast("cpu", enabled=False):  # autocast would cast the inputs back to bf16
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                           dropout_p=dropout_p, is_causal=causal)
+    return y.to(q.dtype)
 
 
 class FeedForward(nn.Module):

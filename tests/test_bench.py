@@ -1,0 +1,218 @@
+"""The benchmark's arithmetic and plumbing: FLOP counts, MFU, memory accounting, interleaving, fallbacks.
+
+Nothing here asserts a speed; the machine's load decides those.
+Shapes: V vocabulary, H hidden size, L layer applications, T context length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from albert_gpt import benchmark, runtime
+from albert_gpt.config import RunConfig, load_config
+from albert_gpt.errors import ConfigError
+from albert_gpt.info import flops_per_token
+
+ROOT = Path(__file__).resolve().parent.parent
+V, H, HEADS, L, T = 40, 16, 2, 3, 8
+
+
+def _config(tmp_path: Path, *extra: str):
+    overrides = [
+        f"model.vocab_size={V}", f"model.n_embd={H}", f"model.n_heads={HEADS}", f"model.n_layers={L}",
+        f"model.block_size={T}", "model.n_groups=1", "train.batch_size=2", "run.device=cpu",
+        "run.dtype=float32", f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+    return load_config(None, overrides + list(extra))
+
+
+def _variant(tmp_path: Path, *extra: str) -> benchmark.Variant:
+    cfg = _config(tmp_path, *extra)
+    tokens = benchmark.synthetic_tokens(V, seed=0)
+    return benchmark.build_variant("v", cfg, tokens, V)
+
+
+def _hand_block_params() -> int:
+    """One post-LN block: qkv and output projections, the two FFN linears, two affine LayerNorms."""
+    attn = (H * 3 * H + 3 * H) + (H * H + H)
+    ffn = (H * 4 * H + 4 * H) + (4 * H * H + H)
+    norms = 2 * (2 * H)
+    return attn + ffn + norms
+
+
+def test_flops_per_token_equals_hand_count(tmp_path):
+    """6 * N_applied (tied embedding once, every block application counted, positions excluded) + 12 L H T."""
+    n_applied = V * H + L * _hand_block_params()
+    hand = 6 * n_applied + 12 * L * H * T
+    assert _variant(tmp_path).flops_per_token == hand
+
+
+def test_mfu_uses_applied_not_unique_parameters(tmp_path):
+    """A shared and an unshared model of one shape: different unique parameters, same FLOPs and MFU."""
+    shared = _variant(tmp_path, "model.n_groups=1")
+    unshared = _variant(tmp_path, "model.n_groups=3")
+    unique = [sum(p.numel() for p in v.model.parameters()) for v in (shared, unshared)]
+    assert unique[1] - unique[0] == 2 * _hand_block_params()
+    rows = []
+    for v in (shared, unshared):
+        v.step_s, v.data_s = [0.01] * 3, [0.0] * 3  # the same step time for both
+        rows.append(benchmark.summarize(v, peak_flops=1e9, peak_source="test"))
+    assert rows[0]["flops_per_token"] == rows[1]["flops_per_token"]
+    tokens_per_sec = 2 * T / 0.01
+    expected = rows[0]["flops_per_token"] * tokens_per_sec / 1e9
+    assert rows[0]["mfu"] == pytest.approx(expected)
+    assert rows[1]["mfu"] == pytest.approx(expected)
+
+
+def test_mfu_formula():
+    """MFU is achieved FLOP/s (FLOPs per token x tokens per second) over the peak."""
+    assert benchmark.mfu(1_000, 500.0, 1e6) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("name", "peak"), [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("Tesla T4", None),
+])
+def test_gpu_peak_by_device_name(name, peak):
+    """Known data-center GPUs get their data-sheet bf16 peak; others are left to a measured matmul."""
+    assert benchmark.gpu_peak(name) == peak
+
+
+def test_cpu_peak_is_measured_for_the_dtype():
+    """On CPU the peak comes from a matmul timed in the dtype in use, and says so."""
+    peak, source = benchmark.device_peak(torch.device("cpu"), torch.bfloat16)
+    assert peak > 0
+    assert "measured bfloat16 matmul" in source
+
+
+def test_auto_dtype_falls_back_to_float32_without_fast_bf16(monkeypatch):
+    """run.dtype auto picks bf16 on a CPU with bf16 instructions, float32 on one without."""
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    assert runtime.resolve_dtype(RunConfig(dtype="auto"), cpu) == torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    assert runtime.resolve_dtype(RunConfig(dtype="auto"), cpu) == torch.float32
+
+
+def test_fallback_variant_trains_in_float32(tmp_path, monkeypatch):
+    """Without bf16 support an auto-dtype benchmark runs plain float32 steps (no autocast) that learn."""
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    v = _variant(tmp_path, "run.dtype=auto", "train.lr=1e-2", "train.warmup_steps=0")
+    assert v.dtype == torch.float32
+    x, y = v.sampler.batch(0)
+    before = v.model(x, y)[1].item()
+    for _ in range(5):
+        v.step()
+    after = v.model(x, y)[1].item()
+    assert v.model.tok_emb.weight.dtype == torch.float32
+    assert after < before
+
+
+def test_parse_compare_gives_every_combination_first_value_first():
+    """Repeated --compare flags multiply; the first combination is the baseline."""
+    specs = benchmark.parse_compare(["run.dtype=float32,bfloat16", "run.compile=false,true"])
+    assert [s[1] for s in specs] == [
+        ["run.dtype=float32", "run.compile=false"], ["run.dtype=float32", "run.compile=true"],
+        ["run.dtype=bfloat16", "run.compile=false"], ["run.dtype=bfloat16", "run.compile=true"],
+    ]
+    assert benchmark.parse_compare([]) == [("config", [])]
+
+
+def test_parse_compare_rejects_a_spec_without_values():
+    """A --compare without KEY=VALUES is a one-line error naming the spec."""
+    with pytest.raises(ConfigError, match="run.dtype"):
+        benchmark.parse_compare(["run.dtype"])
+
+
+def test_timed_steps_are_interleaved(tmp_path):
+    """After timed round i every variant has exactly i + 1 timed steps: round-robin, not one after another."""
+    variants = [_variant(tmp_path, "model.n_groups=1"), _variant(tmp_path, "model.n_groups=3")]
+    counts = []
+    benchmark.run_benchmark(variants, steps=3, warmup=1,
+                            on_step=lambda i: counts.append([len(v.step_s) for v in variants]))
+    assert counts == [[1, 1], [2, 2], [3, 3]]
+    assert all(v.steps_done == 4 for v in variants)  # warm-up steps are taken but not timed
+
+
+def test_cpu_memory_counts_weights_gradients_optimizer_state_and_activations(tmp_path):
+    """The counted CPU peak is weights + gradients + AdamW's two moments + saved activations."""
+    v = _variant(tmp_path)
+    v.step()  # AdamW creates its state on the first step
+    weights = sum(p.numel() * 4 for p in v.model.parameters())  # the tied head is the embedding: once
+    state = sum(t.numel() * t.element_size() for s in v.optimizer.state.values() for t in s.values())
+    assert state >= 2 * weights  # exp_avg and exp_avg_sq per weight, plus step counters
+    activations = benchmark.measure_saved_activations(v)
+    assert activations > 2 * T * H * 4  # at least the embeddings' output and one layer's input
+    assert benchmark.cpu_peak_bytes(v) == 2 * weights + state + activations
+
+
+def test_bench_script_synthetic_without_datasets(tmp_path):
+    """`bench.py --synthetic --compare` prints a table and a JSON line, and never imports `datasets`."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"run: {{device: cpu, dtype: float32}}\n"
+        f"model: {{n_layers: {L}, n_embd: {H}, n_heads: {HEADS}, block_size: {T}, vocab_size: {V}}}\n"
+        f"train: {{batch_size: 2}}\n", encoding="utf-8")
+    code = (
+        "import runpy, sys\n"
+        f"main = runpy.run_path({str(ROOT / 'scripts' / 'bench.py')!r})['main']\n"
+        f"rc = main([{str(config)!r}, '--synthetic', '--steps', '2', '--warmup', '1', "
+        "'--compare', 'model.n_groups=1,3'])\n"
+        "print('datasets imported:', 'datasets' in sys.modules)\n"
+        "sys.exit(rc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-1] == "datasets imported: False"
+    rows = json.loads(lines[-2])
+    assert [r["variant"] for r in rows] == ["model.n_groups=1", "model.n_groups=3"]
+    assert rows[0]["flops_per_token"] == rows[1]["flops_per_token"]
+    assert rows[1]["memory_ratio"] > 1.0  # two more blocks of weights, gradients and AdamW state
+    assert rows[0]["speedup"] == 1.0
+    assert "model.n_groups=3" in out.stdout.splitlines()[2]
+
+
+def test_benchmark_on_real_data_pipeline(tmp_path):
+    """Without --synthetic the batches come from prepare_data: the char vocabulary of the corpus."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 40, encoding="utf-8")
+    cfg_path = tmp_path / "real.yaml"
+    cfg_path.write_text(
+        f"run: {{device: cpu, dtype: float32}}\n"
+        f"data: {{source: files, path: {corpus}, cache_dir: {tmp_path / 'cache'}}}\n"
+        f"tokenizer: {{type: char}}\n"
+        f"model: {{n_layers: 2, n_embd: {H}, n_heads: {HEADS}, block_size: {T}}}\n"
+        f"train: {{batch_size: 2}}\n", encoding="utf-8")
+    rows = benchmark.benchmark(str(cfg_path), [], [], steps=2, warmup=1, synthetic=False)
+    (row,) = rows
+    assert row["tokens_per_step"] == 2 * T
+    assert 0.0 <= row["data_wait_share"] < 1.0
+    from albert_gpt.data.pipeline import prepare_data
+
+    cfg = load_config(cfg_path)
+    vocab = prepare_data(cfg, progress=False).tokenizer.vocab_size
+    assert vocab < 64  # the corpus's characters, not a BPE size
+    assert row["flops_per_token"] == flops_per_token(dataclasses.replace(cfg.model, vocab_size=vocab))
+
+
+def test_cpu_bf16_attention_runs_in_float32():
+    """Under CPU bf16 autocast, attention is SDPA of the fp32 inputs, cast back to bf16."""
+    from albert_gpt.layers import _attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 8, 4, generator=gen).to(torch.bfloat16) for _ in range(3))  # (B, nh, T, hs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = _attention(q, k, v, None, 0.0, True)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    expected = sdpa(q.float(), k.float(), v.float(), is_causal=True)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, expected.to(torch.bfloat16), rtol=0, atol=0)
