@@ -54,7 +54,9 @@ class ModelConfig:
     embedding_dim: int | None = opt(None, "token embedding size E (null = n_embd; E < H factorizes)", min=1)
     block_size: int = opt(256, "context length in tokens", min=1)
     vocab_size: int | None = opt(None, "vocabulary size (null = taken from the tokenizer)", min=1)
-    pad_vocab_multiple: int = opt(1, "round the embedding table up to a multiple of this (64 -> GPU friendly)", min=1)
+    pad_vocab_multiple: int = opt(
+        1, "round the embedding table up to a multiple of this (64 -> GPU friendly)", min=1
+    )
     ffn_mult: int = opt(4, "FFN width as a multiple of n_embd", min=1)
     dropout: float = opt(
         0.0, "dropout on embeddings, attention weights and residual branches", min=0.0, max=0.999
@@ -79,7 +81,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = opt("builtin", "builtin (Python's docs, offline) | files | hub", choices=("builtin", "files", "hub"))
+    source: str = opt(
+        "builtin", "builtin (Python's docs, offline) | files | hub", choices=("builtin", "files", "hub")
+    )
     path: str | None = opt(None, "files: a file, directory or glob; hub: the dataset path")
     name: str | None = opt(None, "hub: dataset name (when path is not given)")
     config: str | None = opt(None, "hub: dataset configuration, e.g. wikitext-103-raw-v1")
@@ -106,7 +110,9 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    type: str = opt("bpe", "bpe (byte-level, trained) | char | pretrained", choices=("bpe", "char", "pretrained"))
+    type: str = opt(
+        "bpe", "bpe (byte-level, trained) | char | pretrained", choices=("bpe", "char", "pretrained")
+    )
     vocab_size: int = opt(4096, "bpe: target vocabulary size", min=260, max=4_294_967_295)
     min_frequency: int = opt(2, "bpe: minimum pair frequency for a merge", min=1)
     path: str | None = opt(None, "pretrained: path to a tokenizer.json")
@@ -126,7 +132,9 @@ class TrainConfig:
         choices=("cosine", "linear", "constant", "inverse_sqrt"),
     )
     warmup_steps: int = opt(100, "linear warmup steps", min=0)
-    weight_decay: float = opt(0.1, "AdamW decay on weight matrices (never norms, biases, embeddings)", min=0.0)
+    weight_decay: float = opt(
+        0.1, "AdamW decay on weight matrices (never norms, biases, embeddings)", min=0.0
+    )
     beta1: float = opt(0.9, "AdamW beta1", min=0.0, max=0.999999)
     beta2: float = opt(0.99, "AdamW beta2", min=0.0, max=0.999999)
     adam_eps: float = opt(1e-8, "AdamW epsilon", min_exclusive=0.0)

@@ -22,15 +22,6 @@ from albert_gpt.training.checkpoint import load_for_inference
 from albert_gpt.training.trainer import train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not thrash when other processes share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Bigram(nn.Module):
     """Next-token logits from a table indexed by the current token: a model with known outputs."""
 

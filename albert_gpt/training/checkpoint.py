@@ -16,7 +16,6 @@ Shapes: tensors here are whatever the model's state dict holds; nothing is resha
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from albert_gpt.config import Config, dump_config, load_config
+from albert_gpt.data.sources import hash_file
 from albert_gpt.data.tokenizer import TextTokenizer
 from albert_gpt.errors import CheckpointError
 from albert_gpt.model import AlbertGPT
@@ -85,14 +85,6 @@ def _refusal(exc: Exception) -> str:
 
 
 # ---------------------------------------------------------------- files
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _fsync(path: Path) -> None:
     # Directories too: a rename is durable only once its directory entry is flushed.
@@ -154,7 +146,7 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
         size = file.stat().st_size
         if size != expected.get("bytes"):
             raise CheckpointError(f"{file}: {size} bytes, {expected.get('bytes')} recorded (truncated?)")
-        if _sha256(file) != expected.get("sha256"):
+        if hash_file(file) != expected.get("sha256"):
             raise CheckpointError(f"{file}: sha256 does not match {META_FILE} (corrupted)")
     return meta
 
@@ -212,7 +204,7 @@ def save_checkpoint(
     files = {}
     for file in sorted(tmp.iterdir()):
         _fsync(file)
-        files[file.name] = {"bytes": file.stat().st_size, "sha256": _sha256(file)}
+        files[file.name] = {"bytes": file.stat().st_size, "sha256": hash_file(file)}
     if val_loss is not None and not math.isfinite(val_loss):
         val_loss = None  # JSON has no NaN, and a diverged evaluation is never the best
     meta = {"step": step, "val_loss": val_loss, "time": time.time(), "files": files}
