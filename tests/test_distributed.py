@@ -338,3 +338,6 @@ def test_evaluation_shares_add_up_to_one_process(world_size):
 
 if __name__ == "__main__":
     _grad_worker(Path(sys.argv[1]))
+    # Skip torch's C++ teardown, which sometimes aborts after a multi-process run (see __main__.py).
+    sys.stdout.flush()
+    os._exit(0)
