@@ -270,25 +270,12 @@ def reduce_evaluation(result: dict[str, Any]) -> dict[str, Any]:
 
 
 class NullMetrics:
-    """What ranks other than 0 log to: nothing (the run directory is rank 0's alone)."""
+    """What ranks other than 0 log to: nothing (the run directory is rank 0's alone).
 
-    def scalar(self, tag: str, value: float, step: int) -> None:
-        pass
+    Same methods as training.metrics.MetricsLogger, each of which drops what it is given.
+    """
 
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        pass
+    def _drop(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
-    def histogram(self, tag: str, values: Any, step: int) -> None:
-        pass
-
-    def text(self, tag: str, text: str, step: int) -> None:
-        pass
-
-    def hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    scalar = scalars = histogram = text = hparams = flush = close = _drop
