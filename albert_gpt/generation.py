@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, TextIO
 
 import torch
 
+from albert_gpt.sampling import check_sampling_args
+
 if TYPE_CHECKING:
     from albert_gpt.data.tokenizer import TextTokenizer
     from albert_gpt.model import AlbertGPT
@@ -129,12 +131,10 @@ def generate_from_run(
         raise ConfigError(f"run directory not found: {run_dir}")
     if max_new_tokens < 0:
         raise ConfigError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise ConfigError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"--top-p must be in (0, 1], got {top_p}")
+    try:
+        check_sampling_args(temperature, top_k, top_p)
+    except ValueError as exc:  # the library names the argument; the CLI user knows the flag
+        raise ConfigError("--" + str(exc).replace("_", "-", 1)) from None
     cfg, model, tokenizer = load_for_inference(run_dir, checkpoint=checkpoint, device="cpu")
     device = resolve_device(cfg.run)
     model.to(device)
