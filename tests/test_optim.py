@@ -118,3 +118,30 @@ def test_adamw_step_with_zero_gradients_only_decays_weight_matrices():
             torch.testing.assert_close(p.detach(), before[name] * (1 - 0.5 * 0.2))
         else:
             assert torch.equal(p.detach(), before[name]), f"{name} changed"
+
+
+def test_adamw_matches_hand_computed_update():
+    """Two steps of the built optimizer (fused on CPU) equal AdamW written out (Loshchilov & Hutter)."""
+    model = nn.Linear(3, 2)
+    train = TrainConfig(lr=0.1, min_lr=0.0, warmup_steps=0, weight_decay=0.2, beta1=0.9, beta2=0.99,
+                        adam_eps=1e-8)
+    opt = build_optimizer(model, train, torch.device("cpu"))
+    assert opt.defaults["fused"]
+    gen = torch.Generator().manual_seed(0)
+    grads = [[torch.randn(p.shape, generator=gen) for p in model.parameters()] for _ in range(2)]
+    expected = [p.detach().clone() for p in model.parameters()]
+    decays = [0.2, 0.0]  # weight, bias
+    m = [torch.zeros_like(p) for p in expected]
+    v = [torch.zeros_like(p) for p in expected]
+    for t, step_grads in enumerate(grads, start=1):
+        for p, g in zip(model.parameters(), step_grads):
+            p.grad = g.clone()
+        opt.step()
+        for i, g in enumerate(step_grads):
+            expected[i] = expected[i] * (1 - 0.1 * decays[i])
+            m[i] = 0.9 * m[i] + 0.1 * g
+            v[i] = 0.99 * v[i] + 0.01 * g * g
+            m_hat, v_hat = m[i] / (1 - 0.9**t), v[i] / (1 - 0.99**t)
+            expected[i] = expected[i] - 0.1 * m_hat / (v_hat.sqrt() + 1e-8)
+    for p, want in zip(model.parameters(), expected):
+        torch.testing.assert_close(p.detach(), want, rtol=1e-6, atol=1e-6)
