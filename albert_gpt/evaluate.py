@@ -138,7 +138,8 @@ def evaluate_tokens(
     try:
         mine = range(rank, total, world_size)
         batches = itertools.islice(_batches(plan, batch_size), rank, total, world_size)
-        for batch in tqdm(batches, total=len(mine), desc="eval", unit="batch", disable=not progress, leave=False):
+        bar = tqdm(batches, total=len(mine), desc="eval", unit="batch", disable=not progress, leave=False)
+        for batch in bar:
             batch_nll, batch_count = _score(model, *_batch_tensors(tokens, batch), device, dtype)
             nll_sum += batch_nll
             count += batch_count
