@@ -193,6 +193,24 @@ def parse_compare(specs: list[str]) -> list[tuple[str, list[str]]]:
     return [(" ".join(combo), list(combo)) for combo in itertools.product(*axes)]
 
 
+def parse_variants(specs: list[str]) -> list[tuple[str, list[str]]]:
+    """`--variant "KEY=V KEY=V"` (repeatable) -> one (label, overrides) per flag, in order.
+
+    For pairs that are not a product of axes, e.g. plain fp32 eager against bf16 compiled.
+    An empty spec is the config as it is.
+    """
+    variants = []
+    for spec in specs:
+        overrides = spec.split()
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key or not value:
+                raise ConfigError(f"--variant {spec!r}: {item!r} is not KEY=VALUE "
+                                  "(e.g. --variant 'run.dtype=bfloat16 run.compile=true')")
+        variants.append((" ".join(overrides) or "config", overrides))
+    return variants
+
+
 def measure_saved_activations(variant: Variant) -> int:
     """Bytes of the tensors autograd saves for backward in one forward pass (CPU memory estimate)."""
     saved: dict[int, int] = {}
@@ -296,17 +314,22 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
 
 def benchmark(config: str, overrides: list[str], compare: list[str], steps: int, warmup: int,
-              synthetic: bool) -> list[dict[str, Any]]:
-    """Build the variants of `config`, time them interleaved, and return one summary row each."""
-    specs = parse_compare(compare)
+              synthetic: bool, variants: list[str] | None = None) -> list[dict[str, Any]]:
+    """Build the variants of `config`, time them interleaved, and return one summary row each.
+
+    Variants come from `compare` (every combination) or from `variants` (one per spec), not both.
+    """
+    if compare and variants:
+        raise ConfigError("--compare and --variant both given: use one way to name the variants")
+    specs = parse_variants(variants) if variants else parse_compare(compare)
     configs = [(label, load_config(config, overrides + extra)) for label, extra in specs]
     # Variants differ in how they compute, never in what data they see: load it once.
     tokens, vocab = load_tokens(configs[0][1], synthetic)
-    variants = [build_variant(label, cfg, tokens, vocab) for label, cfg in configs]
-    run_benchmark(variants, steps, warmup)
+    built = [build_variant(label, cfg, tokens, vocab) for label, cfg in configs]
+    run_benchmark(built, steps, warmup)
     peaks: dict[tuple[str, torch.dtype], tuple[float, str]] = {}
     rows = []
-    for v in variants:
+    for v in built:
         key = (str(v.device), v.dtype)
         if key not in peaks:
             peaks[key] = device_peak(v.device, v.dtype)

@@ -6,8 +6,11 @@
 
 Prints a table, then one JSON line (a list with one object per variant) for scripts to parse.
 `--compare KEY=V1,V2` builds every variant in this process and interleaves their timed steps;
-repeated `--compare` flags give every combination. `--synthetic` skips the data pipeline
-(random tokens of the config's vocabulary size), so it needs neither data nor `datasets`.
+repeated `--compare` flags give every combination. `--variant "KEY=V KEY=V"` (repeatable) names
+each variant whole instead, for pairs that are no product of axes:
+`--variant run.dtype=float32 --variant "run.dtype=bfloat16 run.compile=true"`.
+`--synthetic` skips the data pipeline (random tokens of the config's vocabulary size), so it
+needs neither data nor `datasets`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--compare", action="append", default=[], metavar="KEY=V1,V2",
                    help="variants to interleave; the first value is the baseline of the ratios")
+    p.add_argument("--variant", action="append", default=[], metavar="'KEY=V KEY=V'",
+                   help="one variant, whole (instead of --compare); the first is the baseline")
     p.add_argument("--steps", type=int, default=50, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first (compilation)")
     p.add_argument("--synthetic", action="store_true", help="random tokens instead of the data pipeline")
@@ -37,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from albert_gpt.benchmark import benchmark, format_table
 
     try:
-        rows = benchmark(args.config, args.set, args.compare, args.steps, args.warmup, args.synthetic)
+        rows = benchmark(args.config, args.set, args.compare, args.steps, args.warmup, args.synthetic,
+                         args.variant)
     except AlbertGPTError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

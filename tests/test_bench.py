@@ -131,6 +131,38 @@ def test_parse_compare_rejects_a_spec_without_values():
         benchmark.parse_compare(["run.dtype"])
 
 
+def test_parse_variants_keeps_each_spec_whole_in_order():
+    """--variant names one variant per flag (no product); an empty spec is the config as it is."""
+    specs = benchmark.parse_variants(["run.dtype=float32", "run.dtype=bfloat16  run.compile=true", ""])
+    assert specs == [
+        ("run.dtype=float32", ["run.dtype=float32"]),
+        ("run.dtype=bfloat16 run.compile=true", ["run.dtype=bfloat16", "run.compile=true"]),
+        ("config", []),
+    ]
+    with pytest.raises(ConfigError, match="'run.compile' is not KEY=VALUE"):
+        benchmark.parse_variants(["run.dtype=bfloat16 run.compile"])
+
+
+def test_compare_and_variant_together_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="--compare and --variant"):
+        benchmark.benchmark(str(tmp_path / "unread.yaml"), [], ["run.dtype=float32,bfloat16"], 1, 0, True,
+                            ["run.dtype=float32"])
+
+
+def test_variants_run_as_named(tmp_path):
+    """Each --variant is built with exactly its overrides: labels, batch sizes and sharing follow them."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"run: {{device: cpu, dtype: float32}}\n"
+        f"model: {{n_layers: {L}, n_embd: {H}, n_heads: {HEADS}, block_size: {T}, vocab_size: {V}}}\n"
+        f"train: {{batch_size: 2}}\n", encoding="utf-8")
+    rows = benchmark.benchmark(str(config), [], [], 1, 1, True,
+                               ["model.n_groups=1", "model.n_groups=3 train.batch_size=3"])
+    assert [r["variant"] for r in rows] == ["model.n_groups=1", "model.n_groups=3 train.batch_size=3"]
+    assert [r["tokens_per_step"] for r in rows] == [2 * T, 3 * T]
+    assert rows[1]["memory_ratio"] > 1.0
+
+
 def test_timed_steps_are_interleaved(tmp_path):
     """After timed round i every variant has exactly i + 1 timed steps: round-robin, not one after another."""
     variants = [_variant(tmp_path, "model.n_groups=1"), _variant(tmp_path, "model.n_groups=3")]
