@@ -9,6 +9,7 @@ Shapes: B = batch size, T = block_size, V = vocabulary size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import statistics
@@ -22,6 +23,7 @@ import torch
 
 from albert_gpt.config import Config, load_config
 from albert_gpt.data.batches import RandomWindowSampler
+from albert_gpt.data.prefetch import BatchFn, batch_source
 from albert_gpt.errors import ConfigError
 from albert_gpt.info import flops_per_token, resolve_vocab
 from albert_gpt.model import AlbertGPT
@@ -106,6 +108,7 @@ class Variant:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     sampler: RandomWindowSampler
+    fetch: BatchFn  # (step, micro) -> batch: the sampler's, or a CUDA prefetcher's, as in training
     flops_per_token: int
     tokens_per_step: int
     step_s: list[float] = field(default_factory=list)
@@ -117,16 +120,13 @@ class Variant:
 
     def step(self) -> None:
         """One optimizer step through train_step; records step time and time spent fetching batches."""
-        pin = self.device.type == "cuda"
         waited = 0.0
         index = self.steps_done
 
         def next_batch(micro: int) -> tuple[torch.Tensor, torch.Tensor]:
             nonlocal waited
             start = time.perf_counter()
-            x, y = self.sampler.batch(index, micro)  # (B, T) each
-            if pin:
-                x, y = x.pin_memory(), y.pin_memory()
+            x, y = self.fetch(index, micro)  # (B, T) each
             waited += time.perf_counter() - start
             return x, y
 
@@ -168,12 +168,14 @@ def build_variant(label: str, cfg: Config, tokens: np.ndarray, vocab_size: int) 
     seed_everything(cfg.run.seed)
     model = AlbertGPT(cfg.model).to(device)
     t = cfg.train
+    sampler = RandomWindowSampler(tokens, cfg.model.block_size, t.batch_size, cfg.run.seed)
     return Variant(
         label=label, cfg=cfg, device=device, dtype=dtype, model=model,
         forward_model=torch.compile(model) if cfg.run.compile else model,
         optimizer=build_optimizer(model, t, device),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-        sampler=RandomWindowSampler(tokens, cfg.model.block_size, t.batch_size, cfg.run.seed),
+        sampler=sampler,
+        fetch=sampler.batch,
         flops_per_token=flops_per_token(cfg.model),
         tokens_per_step=t.batch_size * t.grad_accum_steps * cfg.model.block_size,
     )
@@ -326,7 +328,11 @@ def benchmark(config: str, overrides: list[str], compare: list[str], steps: int,
     # Variants differ in how they compute, never in what data they see: load it once.
     tokens, vocab = load_tokens(configs[0][1], synthetic)
     built = [build_variant(label, cfg, tokens, vocab) for label, cfg in configs]
-    run_benchmark(built, steps, warmup)
+    with contextlib.ExitStack() as prefetchers:
+        for v in built:  # on CUDA, batches are prepared ahead as the trainer prepares them
+            v.fetch = prefetchers.enter_context(batch_source(
+                v.sampler, v.cfg.train.grad_accum_steps, 0, max(1, warmup) + steps, v.device))
+        run_benchmark(built, steps, warmup)
     peaks: dict[tuple[str, torch.dtype], tuple[float, str]] = {}
     rows = []
     for v in built:

@@ -20,6 +20,7 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from albert_gpt.config import Config, config_to_dict, dump_config, load_config, save_config
+from albert_gpt.data.prefetch import BatchFn, batch_source
 from albert_gpt.diagnostics import DepthDiagnostics
 from albert_gpt.errors import ConfigError
 from albert_gpt.evaluate import evaluate_tokens
@@ -114,8 +115,9 @@ def _train(cfg: Config, resume: bool, info: DistInfo) -> dict[str, Any]:
     logger.text("config", _as_code(dump_config(run.cfg)), state.step)
     progress = Progress(run.total, state.step, run.cfg.log.progress and main)
     try:
-        with StopRequest() as stop, logging_redirect_tqdm():
-            _loop(run, state, guard, meter, logger, progress, stop)
+        with StopRequest() as stop, logging_redirect_tqdm(), batch_source(
+                run.sampler, run.cfg.train.grad_accum_steps, state.step, run.total, run.device) as fetch:
+            _loop(run, state, guard, meter, logger, progress, stop, fetch)
             progress.close()
             if stop.requested and state.step < run.total:
                 return _interrupted(run, state, guard, stop, started)
@@ -205,9 +207,8 @@ def restore(run: Run, path: Path, guard: NonFiniteGuard, meter: IntervalMeter) -
 # ---------------------------------------------------------------- loop
 
 def _loop(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, logger: MetricsLogger,
-          progress: Progress, stop: StopRequest) -> None:
+          progress: Progress, stop: StopRequest, fetch: BatchFn) -> None:
     cfg = run.cfg
-    pin = run.device.type == "cuda"
     diag_every = cfg.log.diagnostics_interval
     diag = DepthDiagnostics(run.model) if diag_every > 0 else None  # off: nothing traced, no hooks
 
@@ -216,8 +217,7 @@ def _loop(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, l
         step = state.step
 
         def next_batch(micro: int, step: int = step) -> tuple[torch.Tensor, torch.Tensor]:
-            x, y = run.sampler.batch(step, micro)  # (B, T) each
-            return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+            return fetch(step, micro)  # (B, T) each
 
         lr = lr_at(step, cfg.train, run.total)
         set_lr(run.optimizer, lr)
