@@ -160,3 +160,13 @@ def test_bfloat16_autocast_run_on_cpu(tmp_path):
     assert math.isfinite(result["val_loss"])
     weights, _, _ = load_checkpoint(find_latest(run_dir))
     assert {w.dtype for w in weights.values()} == {torch.float32}
+
+
+def test_compiled_run_evaluates_with_the_uncompiled_model(tmp_path):
+    """run.compile wraps only what training steps call; evaluation (other batch shapes) stays eager."""
+    from albert_gpt.training.trainer import build_run
+
+    run = build_run(tiny_config(tmp_path, run={"compile": True}), resume=False)
+    assert isinstance(run.forward_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert run.forward_model._orig_mod is run.model
+    assert run.eval_model is run.model

@@ -54,7 +54,10 @@ class Run:
     device: torch.device
     dtype: torch.dtype
     model: AlbertGPT  # the plain module: checkpoints, generation
-    forward_model: torch.nn.Module  # what the loop calls: the model, or torch.compile of it
+    forward_model: torch.nn.Module  # what training steps call: the model, or torch.compile of it
+    # What evaluation calls: never compiled. Its batch shapes differ from training's (eval.batch_size,
+    # a short last batch), and each new shape would recompile, then train on a dynamic-shape graph.
+    eval_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     data: Any  # albert_gpt.data.pipeline.PreparedData
@@ -174,6 +177,7 @@ def build_run(cfg: Config, resume: bool, info: DistInfo | None = None) -> Run:
     return Run(
         cfg=cfg, run_dir=run_dir, device=device, dtype=dtype, model=model,
         forward_model=torch.compile(wrapped) if cfg.run.compile else wrapped,
+        eval_model=wrapped,
         optimizer=build_optimizer(model, t, device),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         data=data, sampler=sampler, total=total_steps(cfg, info.world_size),
@@ -277,7 +281,7 @@ def _evaluate(run: Run, state: State, logger: MetricsLogger) -> None:
     """Validation loss on eval.batches batches (0 = the whole split), a text sample, the unigram reference."""
     cfg, val = run.cfg, run.data.splits["val"]
     result = evaluate_tokens(
-        run.forward_model, val.tokens, cfg.model.block_size, cfg.eval.batch_size or cfg.train.batch_size,
+        run.eval_model, val.tokens, cfg.model.block_size, cfg.eval.batch_size or cfg.train.batch_size,
         run.device, run.dtype, max_batches=cfg.eval.batches or None,
         progress=cfg.log.progress and run.dist.is_main, rank=run.dist.rank, world_size=run.dist.world_size,
     )
