@@ -77,7 +77,11 @@ def device_peak(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
         peak = gpu_peak(name)
         if peak is not None:
             return peak, f"{name} data sheet, dense bf16"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        threads = torch.get_num_threads()
+        name = f"cpu with {threads} thread{'s' if threads > 1 else ''}"
     return matmul_peak(device, dtype), f"{name}: measured {str(dtype).removeprefix('torch.')} matmul"
 
 
@@ -333,11 +337,13 @@ def benchmark(config: str, overrides: list[str], compare: list[str], steps: int,
             v.fetch = prefetchers.enter_context(batch_source(
                 v.sampler, v.cfg.train.grad_accum_steps, 0, max(1, warmup) + steps, v.device))
         run_benchmark(built, steps, warmup)
-    peaks: dict[tuple[str, torch.dtype], tuple[float, str]] = {}
+    peaks: dict[tuple[str, torch.dtype, int], tuple[float, str]] = {}
     rows = []
     for v in built:
-        key = (str(v.device), v.dtype)
+        threads = v.cfg.run.threads or DEFAULT_THREADS
+        key = (str(v.device), v.dtype, threads)
         if key not in peaks:
+            torch.set_num_threads(threads)  # a CPU peak is that of the threads the variant ran on
             peaks[key] = device_peak(v.device, v.dtype)
         rows.append(summarize(v, *peaks[key]))
     add_ratios(rows)

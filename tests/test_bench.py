@@ -34,6 +34,16 @@ def _config(tmp_path: Path, *extra: str):
     return load_config(None, overrides + list(extra))
 
 
+def _write_tiny_config(tmp_path: Path) -> Path:
+    """The tiny model as a YAML file, for the script-level entry points."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"run: {{device: cpu, dtype: float32}}\n"
+        f"model: {{n_layers: {L}, n_embd: {H}, n_heads: {HEADS}, block_size: {T}, vocab_size: {V}}}\n"
+        f"train: {{batch_size: 2}}\n", encoding="utf-8")
+    return config
+
+
 def _variant(tmp_path: Path, *extra: str) -> benchmark.Variant:
     cfg = _config(tmp_path, *extra)
     tokens = benchmark.synthetic_tokens(V, seed=0)
@@ -90,6 +100,25 @@ def test_cpu_peak_is_measured_for_the_dtype():
     peak, source = benchmark.device_peak(torch.device("cpu"), torch.bfloat16)
     assert peak > 0
     assert "measured bfloat16 matmul" in source
+
+
+def test_each_variant_gets_the_peak_of_its_own_thread_count(tmp_path, monkeypatch):
+    """The CPU peak is measured with the variant's run.threads, not whichever variant ran last."""
+    config = _write_tiny_config(tmp_path)
+    seen = []
+    def fake_peak(device: torch.device, dtype: torch.dtype) -> float:
+        seen.append(torch.get_num_threads())
+        return 1e9
+
+    monkeypatch.setattr(benchmark, "matmul_peak", fake_peak)
+    before = torch.get_num_threads()
+    try:
+        rows = benchmark.benchmark(str(config), [], [], 1, 1, True, ["run.threads=2", "run.threads=1"])
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2, 1]
+    assert "cpu with 2 threads" in rows[0]["peak_source"]
+    assert "cpu with 1 thread:" in rows[1]["peak_source"]
 
 
 def test_auto_dtype_falls_back_to_float32_without_fast_bf16(monkeypatch):
@@ -151,11 +180,7 @@ def test_compare_and_variant_together_are_refused(tmp_path):
 
 def test_variants_run_as_named(tmp_path):
     """Each --variant is built with exactly its overrides: labels, batch sizes and sharing follow them."""
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        f"run: {{device: cpu, dtype: float32}}\n"
-        f"model: {{n_layers: {L}, n_embd: {H}, n_heads: {HEADS}, block_size: {T}, vocab_size: {V}}}\n"
-        f"train: {{batch_size: 2}}\n", encoding="utf-8")
+    config = _write_tiny_config(tmp_path)
     rows = benchmark.benchmark(str(config), [], [], 1, 1, True,
                                ["model.n_groups=1", "model.n_groups=3 train.batch_size=3"])
     assert [r["variant"] for r in rows] == ["model.n_groups=1", "model.n_groups=3 train.batch_size=3"]
@@ -187,11 +212,7 @@ def test_cpu_memory_counts_weights_gradients_optimizer_state_and_activations(tmp
 
 def test_bench_script_synthetic_without_datasets(tmp_path):
     """`bench.py --synthetic --compare` prints a table and a JSON line, and never imports `datasets`."""
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        f"run: {{device: cpu, dtype: float32}}\n"
-        f"model: {{n_layers: {L}, n_embd: {H}, n_heads: {HEADS}, block_size: {T}, vocab_size: {V}}}\n"
-        f"train: {{batch_size: 2}}\n", encoding="utf-8")
+    config = _write_tiny_config(tmp_path)
     code = (
         "import runpy, sys\n"
         f"main = runpy.run_path({str(ROOT / 'scripts' / 'bench.py')!r})['main']\n"
