@@ -269,3 +269,24 @@ def test_cpu_bf16_attention_runs_in_float32():
     expected = sdpa(q.float(), k.float(), v.float(), is_causal=True)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y, expected.to(torch.bfloat16), rtol=0, atol=0)
+
+
+def test_gpu_bench_script_smoke_run_on_cpu(tmp_path):
+    """scripts/bench_gpu.sh end to end on a small CPU shape: a table per batch size, then the memory pair."""
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "BENCH_DEVICE": "cpu",
+           "BENCH_BATCHES": "2 3", "BENCH_COMPILE": "false",
+           "BENCH_SET": "model.n_embd=32 model.n_heads=2 model.block_size=16 model.vocab_size=300 "
+                        "model.pad_vocab_multiple=8",
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "bench_gpu.sh")], capture_output=True, text=True,
+                         env=env, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for batch in (2, 3):
+        (row,) = json.loads((tmp_path / f"batch{batch}.txt").read_text().splitlines()[-1])
+        assert row["batch_size"] == batch and row["compile"] is False and row["dtype"] == "bfloat16"
+        assert row["tokens_per_step"] == batch * 16
+    shared, unshared = json.loads((tmp_path / "memory.txt").read_text().splitlines()[-1])
+    assert (shared["variant"], unshared["variant"]) == ("model.n_groups=1", "model.n_groups=12")
+    assert unshared["memory_ratio"] > 1.0
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "== batch 2, compile false" in summary and "== batch 3, compile false" in summary
