@@ -257,20 +257,6 @@ def test_benchmark_on_real_data_pipeline(tmp_path):
     assert row["flops_per_token"] == flops_per_token(dataclasses.replace(cfg.model, vocab_size=vocab))
 
 
-def test_cpu_bf16_attention_runs_in_float32():
-    """Under CPU bf16 autocast, attention is SDPA of the fp32 inputs, cast back to bf16."""
-    from albert_gpt.layers import _attention
-
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 2, 8, 4, generator=gen).to(torch.bfloat16) for _ in range(3))  # (B, nh, T, hs)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = _attention(q, k, v, None, 0.0, True)
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    expected = sdpa(q.float(), k.float(), v.float(), is_causal=True)
-    assert y.dtype == torch.bfloat16
-    torch.testing.assert_close(y, expected.to(torch.bfloat16), rtol=0, atol=0)
-
-
 def test_gpu_bench_script_smoke_run_on_cpu(tmp_path):
     """scripts/bench_gpu.sh end to end on a small CPU shape: a table per batch size, then the memory pair."""
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "BENCH_DEVICE": "cpu",
