@@ -23,7 +23,7 @@ import torch
 
 from albert_gpt.config import Config, load_config
 from albert_gpt.data.batches import RandomWindowSampler
-from albert_gpt.data.prefetch import BatchFn, batch_source
+from albert_gpt.data.prefetch import FetchFn, batch_source
 from albert_gpt.errors import ConfigError
 from albert_gpt.info import flops_per_token, resolve_vocab
 from albert_gpt.model import AlbertGPT
@@ -112,7 +112,7 @@ class Variant:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     sampler: RandomWindowSampler
-    fetch: BatchFn  # (step, micro) -> batch: the sampler's, or a CUDA prefetcher's, as in training
+    fetch: FetchFn  # (step, micro) -> batch: the sampler's, or a CUDA prefetcher's, as in training
     flops_per_token: int
     tokens_per_step: int
     step_s: list[float] = field(default_factory=list)

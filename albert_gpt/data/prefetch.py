@@ -85,12 +85,12 @@ class BatchPrefetcher:
         self.close()
 
 
-BatchFn = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]  # (step, micro) -> (x, y), (B, T) each
+FetchFn = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]  # (step, micro) -> (x, y), (B, T) each
 
 
 @contextlib.contextmanager
 def batch_source(sampler: RandomWindowSampler, accum_steps: int, start_step: int, end_step: int,
-                 device: torch.device) -> Iterator[BatchFn]:
+                 device: torch.device) -> Iterator[FetchFn]:
     """fetch(step, micro) for the training loop: prefetched and pinned on CUDA, fetched in place elsewhere.
 
     On the CPU the batch share of a step is under 1% (docs/performance.md) and a thread would

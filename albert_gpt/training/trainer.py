@@ -9,6 +9,7 @@ only the step, the weights, the optimizer state and the RNG states.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -20,7 +21,7 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from albert_gpt.config import Config, config_to_dict, dump_config, load_config, save_config
-from albert_gpt.data.prefetch import BatchFn, batch_source
+from albert_gpt.data.prefetch import FetchFn, batch_source
 from albert_gpt.diagnostics import DepthDiagnostics
 from albert_gpt.errors import ConfigError
 from albert_gpt.evaluate import evaluate_tokens
@@ -211,7 +212,7 @@ def restore(run: Run, path: Path, guard: NonFiniteGuard, meter: IntervalMeter) -
 # ---------------------------------------------------------------- loop
 
 def _loop(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, logger: MetricsLogger,
-          progress: Progress, stop: StopRequest, fetch: BatchFn) -> None:
+          progress: Progress, stop: StopRequest, fetch: FetchFn) -> None:
     cfg = run.cfg
     diag_every = cfg.log.diagnostics_interval
     diag = DepthDiagnostics(run.model) if diag_every > 0 else None  # off: nothing traced, no hooks
@@ -220,9 +221,7 @@ def _loop(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, l
     while state.step < run.total and not stopping:
         step = state.step
 
-        def next_batch(micro: int, step: int = step) -> tuple[torch.Tensor, torch.Tensor]:
-            return fetch(step, micro)  # (B, T) each
-
+        next_batch = functools.partial(fetch, step)  # micro -> (x, y), (B, T) each
         lr = lr_at(step, cfg.train, run.total)
         set_lr(run.optimizer, lr)
         collect = diag if diag is not None and (step + 1) % diag_every == 0 else None
