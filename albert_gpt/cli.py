@@ -33,7 +33,7 @@ def _load(config: str, overrides: list[str]):
 
 def cmd_info(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.set)  # before importing torch, so a bad config fails fast
-    from albert_gpt.info import format_info, model_info
+    from albert_gpt.study.info import format_info, model_info
 
     info = model_info(cfg)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from albert_gpt.evaluate import evaluate_run, format_eval
+    from albert_gpt.inference.evaluate import evaluate_run, format_eval
 
     result = evaluate_run(
         Path(args.run_dir), split=args.split, stride=args.stride, checkpoint=args.checkpoint,
@@ -68,7 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from albert_gpt.generation import generate_from_run
+    from albert_gpt.inference.generate import generate_from_run
 
     generate_from_run(
         Path(args.run_dir), prompt=args.prompt, max_new_tokens=args.max_new_tokens,
@@ -79,17 +79,41 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from albert_gpt.sweep import run_sweep
+    from albert_gpt.study.sweep import run_sweep
 
     run_sweep(Path(args.sweep), overrides=args.set, out_dir=args.out_dir)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from albert_gpt.report import write_report
+    from albert_gpt.study.report import write_report
 
     path = write_report(Path(args.sweep_dir))
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.steps < 1 or args.warmup < 0:
+        raise ConfigError(f"--steps must be >= 1 and --warmup >= 0 (got {args.steps} and {args.warmup})")
+    from albert_gpt.study.benchmark import benchmark, format_table
+
+    rows = benchmark(args.config, args.set, args.compare, args.steps, args.warmup, args.synthetic, args.variant)
+    print(format_table(rows))
+    print(json.dumps(rows))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def cmd_grad_at_init(args: argparse.Namespace) -> int:
+    cfg = _load(args.config, args.set)
+    from albert_gpt.runtime import set_threads
+    from albert_gpt.study.grad_at_init import run_grad_at_init
+
+    set_threads(cfg.run)
+    path = run_grad_at_init(cfg, Path(args.out), args.depths, tuple(args.seeds), args.batches)
+    print(path.read_text(encoding="utf-8"))
     return 0
 
 
@@ -148,6 +172,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write report.md (tables, plots) for a sweep directory")
     p.add_argument("sweep_dir")
     p.set_defaults(func=cmd_report)
+
+    p = with_config("bench", "time training steps: ms/step, tokens/s, MFU, peak memory (variants interleaved)")
+    p.add_argument("--compare", action="append", default=[], metavar="KEY=V1,V2",
+                   help="variants to interleave, every combination; the first value is the baseline")
+    p.add_argument("--variant", action="append", default=[], metavar="'KEY=V KEY=V'",
+                   help="one variant, whole (instead of --compare; repeatable); the first is the baseline")
+    p.add_argument("--steps", type=int, default=50, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first (compilation)")
+    p.add_argument("--synthetic", action="store_true", help="random tokens instead of the data pipeline")
+    p.add_argument("--json-out", default=None, metavar="FILE", help="also write the rows to FILE as JSON")
+    p.set_defaults(func=cmd_bench)
+
+    study = sub.add_parser("study", help="experiments that measure what normalization does")
+    experiments = study.add_subparsers(dest="experiment", required=True)
+    p = experiments.add_parser("grad-at-init", help="E1: gradient norm of every layer at init against depth")
+    p.add_argument("config", help="YAML config file (data, model shape)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--depths", type=int, nargs="+", default=[2, 4, 8, 16, 32], help="layer applications L")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="initializations averaged")
+    p.add_argument("--batches", type=int, default=3, help="training batches averaged per init")
+    p.add_argument("--out", default="sweeps/e1_grad_at_init", help="folder for e1.json, e1.md, the figure")
+    p.set_defaults(func=cmd_grad_at_init)
     return parser
 
 

@@ -43,7 +43,7 @@ status=0
 # 80 s each is room for startup and compilation (about a minute) plus 3 + 20 steps.
 for batch in "${BATCHES[@]}"; do
   echo "== batch $batch, compile $COMPILE" | tee -a "$OUT_DIR/summary.txt"
-  timeout 80 "$PY" scripts/bench.py "$CONFIG" "${COMMON[@]}" --set "run.compile=$COMPILE" \
+  timeout 80 "$PY" -m albert_gpt bench "$CONFIG" "${COMMON[@]}" --set "run.compile=$COMPILE" \
       --set "train.batch_size=$batch" --steps 20 --warmup 3 \
       > "$OUT_DIR/batch$batch.txt" 2>&1 || status=1
   grep -v '^\[{' "$OUT_DIR/batch$batch.txt" | tail -n 8 | tee -a "$OUT_DIR/summary.txt"
@@ -52,7 +52,7 @@ done
 batch="${BATCHES[0]}"
 echo "== peak memory: shared (n_groups 1) vs unshared (n_groups 12), eager, batch $batch" \
   | tee -a "$OUT_DIR/summary.txt"
-timeout 60 "$PY" scripts/bench.py "$CONFIG" "${COMMON[@]}" --set run.compile=false \
+timeout 60 "$PY" -m albert_gpt bench "$CONFIG" "${COMMON[@]}" --set run.compile=false \
     --set "train.batch_size=$batch" --steps 8 --warmup 2 --compare model.n_groups=1,12 \
     > "$OUT_DIR/memory.txt" 2>&1 || status=1
 grep -v '^\[{' "$OUT_DIR/memory.txt" | tail -n 8 | tee -a "$OUT_DIR/summary.txt"

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from albert_gpt.config import ModelConfig
-from albert_gpt.layers import _attention
-from albert_gpt.model import AlbertGPT
+from albert_gpt.modeling.layers import _attention
+from albert_gpt.modeling.model import AlbertGPT
 
 B, NH, T, HS = 2, 3, 8, 16
 

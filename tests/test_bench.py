@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from albert_gpt import benchmark, runtime
+from albert_gpt import runtime
 from albert_gpt.config import RunConfig, load_config
 from albert_gpt.errors import ConfigError
-from albert_gpt.info import flops_per_token
+from albert_gpt.modeling.counting import flops_per_token
+from albert_gpt.study import benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 V, H, HEADS, L, T = 40, 16, 2, 3, 8
@@ -210,14 +211,16 @@ def test_cpu_memory_counts_weights_gradients_optimizer_state_and_activations(tmp
     assert benchmark.cpu_peak_bytes(v) == 2 * weights + state + activations
 
 
-def test_bench_script_synthetic_without_datasets(tmp_path):
-    """`bench.py --synthetic --compare` prints a table and a JSON line, and never imports `datasets`."""
+def test_bench_command_synthetic_without_datasets(tmp_path):
+    """`albert-gpt bench --synthetic --compare` prints a table and a JSON line, writes the same rows
+    to --json-out, and never imports `datasets`."""
     config = _write_tiny_config(tmp_path)
+    json_out = tmp_path / "bench.json"
     code = (
-        "import runpy, sys\n"
-        f"main = runpy.run_path({str(ROOT / 'scripts' / 'bench.py')!r})['main']\n"
-        f"rc = main([{str(config)!r}, '--synthetic', '--steps', '2', '--warmup', '1', "
-        "'--compare', 'model.n_groups=1,3'])\n"
+        "import sys\n"
+        "from albert_gpt.cli import main\n"
+        f"rc = main(['bench', {str(config)!r}, '--synthetic', '--steps', '2', '--warmup', '1', "
+        f"'--compare', 'model.n_groups=1,3', '--json-out', {str(json_out)!r}])\n"
         "print('datasets imported:', 'datasets' in sys.modules)\n"
         "sys.exit(rc)\n"
     )
@@ -232,6 +235,16 @@ def test_bench_script_synthetic_without_datasets(tmp_path):
     assert rows[1]["memory_ratio"] > 1.0  # two more blocks of weights, gradients and AdamW state
     assert rows[0]["speedup"] == 1.0
     assert "model.n_groups=3" in out.stdout.splitlines()[2]
+    assert json.loads(json_out.read_text()) == rows
+
+
+def test_bench_command_refuses_bad_step_counts(tmp_path, capsys):
+    """--steps 0 is one line naming the flags, exit 2, before any model is built."""
+    from albert_gpt.cli import main
+
+    assert main(["bench", str(_write_tiny_config(tmp_path)), "--synthetic", "--steps", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("albert-gpt bench: error: --steps must be >= 1") and "\n" not in err
 
 
 def test_benchmark_on_real_data_pipeline(tmp_path):

@@ -24,9 +24,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from albert_gpt.config import Config, config_from_dict
-from albert_gpt.errors import CheckpointError
-from albert_gpt.training.checkpoint import (
+from albert_gpt.checkpoint import (
     capture_rng_state,
     check_compatible,
     find_latest,
@@ -38,7 +36,9 @@ from albert_gpt.training.checkpoint import (
     unwrap_model,
     verify_checkpoint,
 )
-from albert_gpt.training.weights import load_strict
+from albert_gpt.checkpoint.weights import load_strict
+from albert_gpt.config import Config, config_from_dict
+from albert_gpt.errors import CheckpointError
 
 V, E = 11, 8
 
@@ -333,7 +333,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from albert_gpt.config import config_from_dict
-from albert_gpt.training.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from albert_gpt.checkpoint import find_latest, load_checkpoint, save_checkpoint
 
 run_dir = Path(sys.argv[1])
 cfg = config_from_dict({})
@@ -384,7 +384,7 @@ def test_sigkill_while_writing_leaves_a_loadable_latest(tmp_path):
 def test_partially_shared_albert_gpt_round_trip(tmp_path):
     """AlbertGPT sharing only attention stores the shared sub-layer once; a reload keeps it shared
     and computes the same logits."""
-    from albert_gpt.model import AlbertGPT
+    from albert_gpt.modeling.model import AlbertGPT
 
     cfg = _cfg(n_layers=2, n_groups=1, sharing="attention", vocab_size=V)
     model = AlbertGPT(cfg.model)
@@ -403,7 +403,7 @@ def test_partially_shared_albert_gpt_round_trip(tmp_path):
 
 def test_shape_mismatch_is_named_on_load(tmp_path):
     """Weights saved from a wider model name the first tensor whose shape does not fit."""
-    from albert_gpt.model import AlbertGPT
+    from albert_gpt.modeling.model import AlbertGPT
 
     path = save_checkpoint(tmp_path, 1, AlbertGPT(_cfg(vocab_size=V).model), {}, _cfg(), None, 2, None)
     narrow = AlbertGPT(_cfg(n_embd=8, vocab_size=V).model)
@@ -415,9 +415,9 @@ def test_shape_mismatch_is_named_on_load(tmp_path):
 def test_load_for_inference_rebuilds_model_and_tokenizer(tmp_path):
     """A run's checkpoint (saved from a compiled model) comes back as config, eval-mode model with the
     same logits, and a tokenizer that encodes as the saved one did."""
+    from albert_gpt.checkpoint import load_for_inference
     from albert_gpt.data.tokenizer import build_tokenizer
-    from albert_gpt.model import AlbertGPT
-    from albert_gpt.training.checkpoint import load_for_inference
+    from albert_gpt.modeling.model import AlbertGPT
 
     text = "the quick brown fox jumps over the lazy dog"
     cfg = _cfg()

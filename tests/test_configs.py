@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from albert_gpt.config import Config, load_config
-from albert_gpt.info import model_info
-from albert_gpt.model import padded_vocab_size
-from albert_gpt.sweep import cell_config, load_sweep
+from albert_gpt.modeling.model import padded_vocab_size
+from albert_gpt.study.info import model_info
+from albert_gpt.study.sweep import cell_config, load_sweep
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from albert_gpt.config import ModelConfig
-from albert_gpt.diagnostics import DepthDiagnostics
-from albert_gpt.model import AlbertGPT
+from albert_gpt.modeling.model import AlbertGPT
+from albert_gpt.training.diagnostics import DepthDiagnostics
 
 B, T, H, V = 3, 6, 8, 13
 
@@ -233,7 +233,7 @@ def test_training_logs_diagnostics_only_at_the_interval(tmp_path, monkeypatch, i
 def test_unshared_copy_splits_the_shared_gradient_by_application():
     """E1's device: an unshared copy computes the same logits, and its per-layer W2 gradients sum
     to the shared model's W2 gradient (autograd on the shared model as the reference)."""
-    from albert_gpt.experiments import ffn_out_grad_norms, unshared_copy
+    from albert_gpt.study.grad_at_init import ffn_out_grad_norms, unshared_copy
 
     model = tiny_model(n_layers=3)
     copy = unshared_copy(model)
@@ -251,7 +251,7 @@ def test_gradients_at_init_covers_every_combination(tmp_path):
     """One row per init x placement x sharing x depth; unshared rows report their last layer."""
     from train_utils import tiny_config
 
-    from albert_gpt.experiments import gradients_at_init
+    from albert_gpt.study.grad_at_init import gradients_at_init
 
     rows = gradients_at_init(tiny_config(tmp_path), depths=[1, 2], seeds=(1,), batches=1)
     keys = {(r["init"], r["placement"], r["sharing"], r["n_layers"]) for r in rows}

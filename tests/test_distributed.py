@@ -24,13 +24,13 @@ import torch
 from torch import nn
 from train_utils import tiny_config, write_config
 
+from albert_gpt.checkpoint import find_latest, load_checkpoint, load_for_inference
 from albert_gpt.cli import main
 from albert_gpt.config import ModelConfig, RunConfig
 from albert_gpt.errors import ConfigError
-from albert_gpt.evaluate import evaluate_tokens
-from albert_gpt.model import AlbertGPT
+from albert_gpt.inference.evaluate import evaluate_tokens
+from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.training import dist_checkpoint, distributed
-from albert_gpt.training.checkpoint import find_latest, load_checkpoint, load_for_inference
 from albert_gpt.training.metrics import read_metrics
 from albert_gpt.training.signals import StopRequest
 from albert_gpt.training.trainer import train

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from albert_gpt.checkpoint import load_for_inference
 from albert_gpt.cli import main
 from albert_gpt.config import ModelConfig, config_from_dict
 from albert_gpt.data.pipeline import prepare_data
 from albert_gpt.errors import ConfigError, DataError
-from albert_gpt.evaluate import evaluate_tokens, format_eval, window_plan
-from albert_gpt.model import AlbertGPT
-from albert_gpt.training.checkpoint import load_for_inference
+from albert_gpt.inference.evaluate import evaluate_tokens, format_eval, window_plan
+from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.training.trainer import train
 
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from train_utils import tiny_config, write_config
 
+from albert_gpt.checkpoint import find_latest, load_checkpoint, verify_checkpoint
 from albert_gpt.errors import TrainingError
-from albert_gpt.model import AlbertGPT
-from albert_gpt.training.checkpoint import find_latest, load_checkpoint, verify_checkpoint
+from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.training.metrics import read_metrics
 from albert_gpt.training.trainer import train
 

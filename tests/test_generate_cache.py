@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from albert_gpt.config import ModelConfig
-from albert_gpt.model import AlbertGPT
-from albert_gpt.sampling import sample_next
+from albert_gpt.modeling.model import AlbertGPT
+from albert_gpt.modeling.sampling import sample_next
 
 V, T = 29, 16
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from albert_gpt.checkpoint import load_for_inference
 from albert_gpt.cli import main
 from albert_gpt.config import ModelConfig, TokenizerConfig, config_from_dict
 from albert_gpt.data.tokenizer import build_tokenizer
-from albert_gpt.generation import StreamDecoder, generate_text
-from albert_gpt.model import AlbertGPT
-from albert_gpt.training.checkpoint import load_for_inference
+from albert_gpt.inference.generate import StreamDecoder, generate_text
+from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.training.trainer import train
 
 CORPUS = [
@@ -144,7 +144,7 @@ def test_long_prompt_is_cropped_from_the_left_with_a_notice(chars, caplog) -> No
     """A prompt longer than block_size keeps its last block_size tokens and says so."""
     model = tiny_model(chars.vocab_size, block_size=8)
     prompt = "the cat sat on the mat"
-    with caplog.at_level(logging.WARNING, logger="albert_gpt.generation"):
+    with caplog.at_level(logging.WARNING, logger="albert_gpt.inference.generate"):
         cropped = generate_text(model, chars, prompt, 10, temperature=1.0, seed=4)
     assert "longer than the context of 8" in caplog.text
     assert cropped == generate_text(model, chars, prompt[-8:], 10, temperature=1.0, seed=4)

@@ -12,8 +12,9 @@ from tokenizers.models import WordLevel
 
 from albert_gpt.config import ModelConfig, load_config
 from albert_gpt.errors import ConfigError
-from albert_gpt.info import count_parameters, flops_per_token, format_info, model_info
-from albert_gpt.model import AlbertGPT
+from albert_gpt.modeling.counting import count_parameters, flops_per_token
+from albert_gpt.modeling.model import AlbertGPT
+from albert_gpt.study.info import format_info, model_info
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 H, V, T, L = 16, 23, 10, 4

@@ -13,7 +13,7 @@ from torch import nn
 
 from albert_gpt.config import ModelConfig
 from albert_gpt.errors import ConfigError
-from albert_gpt.model import TRACE_POINTS, AlbertGPT, Block
+from albert_gpt.modeling.model import TRACE_POINTS, AlbertGPT, Block
 
 H, HEADS, V, T = 16, 4, 23, 12
 

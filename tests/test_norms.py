@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from albert_gpt.config import ModelConfig
-from albert_gpt.norms import AdaptiveLayerNorm, LayerNorm, RMSNorm, SequenceBatchNorm, build_norm
+from albert_gpt.modeling.norms import AdaptiveLayerNorm, LayerNorm, RMSNorm, SequenceBatchNorm, build_norm
 
 H = 16
 

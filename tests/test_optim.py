@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from albert_gpt.config import Config, ModelConfig, TrainConfig
-from albert_gpt.model import AlbertGPT
+from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.training.optim import build_optimizer, lr_at, param_groups, total_steps
 
 

@@ -10,8 +10,8 @@ import yaml
 
 from albert_gpt.cli import main
 from albert_gpt.errors import ConfigError
-from albert_gpt.report import write_report
-from albert_gpt.sweep import load_sweep, summarize_run, write_summary
+from albert_gpt.study.report import write_report
+from albert_gpt.study.sweep import load_sweep, summarize_run, write_summary
 from albert_gpt.training.metrics import MetricsLogger
 
 UNIGRAM = 3.0  # nats

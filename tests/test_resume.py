@@ -9,11 +9,11 @@ import torch
 import yaml
 from train_utils import tiny_config, tiny_raw
 
+from albert_gpt.checkpoint import find_latest, load_checkpoint
 from albert_gpt.cli import main
 from albert_gpt.config import load_config
 from albert_gpt.data.batches import RandomWindowSampler
 from albert_gpt.errors import CheckpointError
-from albert_gpt.training.checkpoint import find_latest, load_checkpoint
 from albert_gpt.training.metrics import read_metrics
 from albert_gpt.training.trainer import train
 

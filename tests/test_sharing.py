@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from albert_gpt.config import ModelConfig
-from albert_gpt.info import count_parameters
-from albert_gpt.model import AlbertGPT
+from albert_gpt.modeling.counting import count_parameters
+from albert_gpt.modeling.model import AlbertGPT
 
 H, V, T, L = 16, 23, 10, 4
 

@@ -10,7 +10,7 @@ import yaml
 from train_utils import tiny_raw
 
 from albert_gpt.errors import ConfigError
-from albert_gpt.sweep import cell_config, load_sweep, run_sweep, summarize_run
+from albert_gpt.study.sweep import cell_config, load_sweep, run_sweep, summarize_run
 from albert_gpt.training.metrics import MetricsLogger
 
 

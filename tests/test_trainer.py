@@ -10,16 +10,16 @@ import pytest
 import torch
 from train_utils import tiny_config
 
+from albert_gpt.checkpoint import find_latest, load_checkpoint
 from albert_gpt.config import ModelConfig, TrainConfig, load_config
 from albert_gpt.data.tokenizer import TextTokenizer
 from albert_gpt.errors import TrainingError
-from albert_gpt.model import AlbertGPT
-from albert_gpt.training.checkpoint import find_latest, load_checkpoint
+from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.training.metrics import read_metrics
 from albert_gpt.training.optim import build_optimizer
-from albert_gpt.training.reference import unigram_perplexity
 from albert_gpt.training.step import train_step
 from albert_gpt.training.trainer import train
+from albert_gpt.training.unigram import unigram_perplexity
 
 
 def _series(run_dir, tag):

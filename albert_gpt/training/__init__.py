@@ -1,1 +1,3 @@
-"""Training: the loop, optimizer and schedules, checkpoints, distributed helpers."""
+"""Training: the loop, one optimizer step, optimizer and schedules, metrics and per-depth
+diagnostics, the run directory, signals, distributed helpers, the unigram reference.
+"""

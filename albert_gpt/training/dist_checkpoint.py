@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from albert_gpt.checkpoint.weights import load_strict
 from albert_gpt.errors import CheckpointError
 from albert_gpt.training.distributed import DistInfo
-from albert_gpt.training.weights import load_strict
 
 log = logging.getLogger("albert_gpt")
 

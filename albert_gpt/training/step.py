@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from albert_gpt.diagnostics import DepthDiagnostics
 from albert_gpt.errors import TrainingError
 from albert_gpt.runtime import autocast
+from albert_gpt.training.diagnostics import DepthDiagnostics
 from albert_gpt.training.distributed import all_reduce_mean, full_tensor, grad_sync
 
 BatchFn = Callable[[int], tuple[torch.Tensor, torch.Tensor]]  # micro_step -> (x, y), each (B, T)

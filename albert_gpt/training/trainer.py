@@ -20,26 +20,26 @@ from typing import Any
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from albert_gpt import checkpoint as ckpt
 from albert_gpt.config import Config, config_to_dict, dump_config, load_config, save_config
 from albert_gpt.data.prefetch import FetchFn, batch_source
-from albert_gpt.diagnostics import DepthDiagnostics
 from albert_gpt.errors import ConfigError
-from albert_gpt.evaluate import evaluate_tokens
-from albert_gpt.generation import generate_text
-from albert_gpt.info import count_parameters
-from albert_gpt.model import AlbertGPT
+from albert_gpt.inference.evaluate import evaluate_tokens
+from albert_gpt.inference.generate import generate_text
+from albert_gpt.modeling.counting import count_parameters
+from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.runtime import resolve_device, resolve_dtype, seed_everything, set_threads
-from albert_gpt.training import checkpoint as ckpt
 from albert_gpt.training import dist_checkpoint, distributed
+from albert_gpt.training.diagnostics import DepthDiagnostics
 from albert_gpt.training.distributed import DistInfo
 from albert_gpt.training.metrics import MetricsLogger
 from albert_gpt.training.optim import build_optimizer, lr_at, set_lr, total_steps
 from albert_gpt.training.progress import IntervalMeter, Progress
-from albert_gpt.training.reference import unigram_perplexity
 from albert_gpt.training.rundir import check_run_dir, prepare_run_dir, resume_command
 from albert_gpt.training.signals import StopRequest
 from albert_gpt.training.step import NonFiniteGuard, train_step
 from albert_gpt.training.sysinfo import peak_memory_mb
+from albert_gpt.training.unigram import unigram_perplexity
 
 log = logging.getLogger("albert_gpt")
 

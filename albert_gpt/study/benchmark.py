@@ -25,9 +25,10 @@ from albert_gpt.config import Config, load_config
 from albert_gpt.data.batches import RandomWindowSampler
 from albert_gpt.data.prefetch import FetchFn, batch_source
 from albert_gpt.errors import ConfigError
-from albert_gpt.info import flops_per_token, resolve_vocab
-from albert_gpt.model import AlbertGPT
+from albert_gpt.modeling.counting import flops_per_token
+from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.runtime import autocast, resolve_device, resolve_dtype, seed_everything
+from albert_gpt.study.info import resolve_vocab
 from albert_gpt.training.optim import build_optimizer, lr_at, set_lr
 from albert_gpt.training.step import train_step
 

@@ -16,9 +16,9 @@ from torch import nn
 
 from albert_gpt.config import ModelConfig
 from albert_gpt.errors import ConfigError
-from albert_gpt.layers import CausalSelfAttention, FeedForward, KVCache
-from albert_gpt.norms import NORM_TYPES, build_norm
-from albert_gpt.sampling import check_sampling_args, sample_next
+from albert_gpt.modeling.layers import CausalSelfAttention, FeedForward, KVCache
+from albert_gpt.modeling.norms import NORM_TYPES, build_norm
+from albert_gpt.modeling.sampling import check_sampling_args, sample_next
 
 # tracer(depth, point, tensor): called at TRACE_POINTS of every layer application.
 Tracer = Callable[[int, str, torch.Tensor], None]

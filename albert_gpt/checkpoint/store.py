@@ -15,7 +15,6 @@ Shapes: tensors here are whatever the model's state dict holds; nothing is resha
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -30,20 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from albert_gpt.config import Config, dump_config, load_config
+from albert_gpt.checkpoint.weights import load_weights, save_weights, unwrap_model
+from albert_gpt.config import Config, dump_config
 from albert_gpt.data.sources import hash_file
-from albert_gpt.data.tokenizer import TextTokenizer
 from albert_gpt.errors import CheckpointError
-from albert_gpt.model import AlbertGPT
-from albert_gpt.training.rng import capture_rng_state, restore_rng_state
-from albert_gpt.training.weights import load_strict, load_weights, save_weights, unwrap_model
-
-__all__ = [
-    "CONFIG_FILE", "META_FILE", "MODEL_FILE", "STATE_FILE", "TOKENIZER_FILE",
-    "capture_rng_state", "check_compatible", "find_latest", "list_checkpoints", "load_checkpoint",
-    "load_for_inference", "resolve_checkpoint", "restore_rng_state", "save_checkpoint", "unwrap_model",
-    "verify_checkpoint",
-]
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +40,6 @@ MODEL_FILE, STATE_FILE, CONFIG_FILE, TOKENIZER_FILE, META_FILE = (
     "model.safetensors", "state.pt", "config.yaml", "tokenizer.json", "meta.json",
 )
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-# Model keys that change neither the weights' shapes nor what they compute, so resuming or
-# fine-tuning with another value is legitimate.
-_FREE_MODEL_KEYS = frozenset({"dropout", "init_std", "norm_impl"})
 
 # Exact types: numpy scalars subclass float and int but pickle as numpy objects, which
 # torch.load(weights_only=True) refuses.
@@ -333,45 +319,3 @@ def load_checkpoint(
     if not isinstance(train_state, dict):
         raise CheckpointError(f"{path / STATE_FILE}: expected a dict, found {type(train_state).__name__}")
     return model_state, train_state, meta
-
-
-def check_compatible(saved_cfg: Config, cfg: Config, source: Path | None = None) -> None:
-    """CheckpointError naming the first model key whose value differs between a checkpoint and a config
-    (keys that neither shape nor change the computation, like dropout, may differ)."""
-    saved, current = saved_cfg.model, cfg.model
-    for f in dataclasses.fields(saved):
-        if f.name in _FREE_MODEL_KEYS:
-            continue
-        old, new = getattr(saved, f.name), getattr(current, f.name)
-        if f.name == "embedding_dim":  # null means n_embd
-            old, new = old or saved.n_embd, new or current.n_embd
-        if f.name == "vocab_size" and (old is None or new is None):  # filled in from the tokenizer later
-            continue
-        if old != new:
-            where = f" ({source})" if source is not None else ""
-            raise CheckpointError(
-                f"checkpoint does not match the config: model.{f.name} is {old} in the checkpoint, "
-                f"{new} in the config{where}"
-            )
-
-
-def load_for_inference(
-    run_dir: Path, checkpoint: str | None = None, device: str | torch.device = "cpu",
-) -> tuple[Config, AlbertGPT, TextTokenizer]:
-    """(cfg, model in eval mode, tokenizer) from a run directory's chosen checkpoint."""
-    path = resolve_checkpoint(Path(run_dir), checkpoint)
-    cfg = load_config(path / CONFIG_FILE)
-    if cfg.model.vocab_size is None:
-        raise CheckpointError(f"{path / CONFIG_FILE}: model.vocab_size is not set")
-    model = AlbertGPT(cfg.model).to(device)
-    load_strict(model, load_weights(path / MODEL_FILE, device), path / MODEL_FILE)
-    tokenizer_file = path / TOKENIZER_FILE
-    if not tokenizer_file.is_file():
-        tokenizer_file = Path(run_dir) / TOKENIZER_FILE
-    if not tokenizer_file.is_file():
-        raise CheckpointError(f"{path}: no {TOKENIZER_FILE} in the checkpoint or the run directory")
-    tokenizer = TextTokenizer.load(tokenizer_file, eot_token=cfg.tokenizer.eot_token)
-    if tokenizer.vocab_size != cfg.model.vocab_size:
-        raise CheckpointError(f"{tokenizer_file}: {tokenizer.vocab_size} tokens, but the model was trained "
-                              f"with model.vocab_size {cfg.model.vocab_size}")
-    return cfg, model.eval(), tokenizer

@@ -274,7 +274,7 @@ def read_result(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _param_counts(cfg: Config, run_dir: Path) -> dict[str, int]:
-    from albert_gpt.info import model_info
+    from albert_gpt.study.info import model_info
 
     resolved = run_dir / "config.yaml"
     info = model_info(load_config(resolved) if resolved.is_file() else cfg)
@@ -303,7 +303,7 @@ def run_cell(sweep: Sweep, cell: Cell, cfg: Config) -> dict[str, Any]:
                   wall_time_s=round(time.perf_counter() - started, 2))
     result.update(_param_counts(cfg, run_dir))
     if sweep.post_eval and result["status"] != "failed":
-        from albert_gpt.experiments import measure_modes
+        from albert_gpt.study.modes import measure_modes
 
         result.update(measure_modes(run_dir, **sweep.post_eval))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -313,7 +313,7 @@ def run_cell(sweep: Sweep, cell: Cell, cfg: Config) -> dict[str, Any]:
 
 def write_summary(sweep: Sweep, results: list[dict[str, Any]]) -> None:
     """summary.json (everything) and summary.md (the table) in the sweep directory."""
-    from albert_gpt.report import summary_table
+    from albert_gpt.study.report import summary_table
 
     sweep_dir = sweep.sweep_dir()
     data = {

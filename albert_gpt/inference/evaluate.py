@@ -169,9 +169,9 @@ def evaluate_run(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a run's checkpoint (best, else latest, unless named) on one data split."""
+    from albert_gpt.checkpoint import META_FILE, load_for_inference, resolve_checkpoint
     from albert_gpt.data.pipeline import prepare_data
     from albert_gpt.runtime import resolve_device, resolve_dtype
-    from albert_gpt.training.checkpoint import META_FILE, load_for_inference, resolve_checkpoint
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

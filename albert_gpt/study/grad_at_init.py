@@ -1,5 +1,9 @@
-"""Measurements the experiments need beyond training: losses in train vs eval mode (sweep
-`post_eval`), and gradient norms at initialization against depth (experiment E1).
+"""E1: gradient norms at initialization against depth (after Xiong et al. 2020), no training.
+
+For every depth L, post-LN and pre-LN, shared and unshared, and two inits (the model as built,
+with GPT-2's 1/sqrt(2L) residual-projection scaling, and the unscaled init Xiong et al. analyse):
+||dLoss/dW2|| of every layer's FFN output projection, averaged over training batches and seeds.
+`albert-gpt study grad-at-init CONFIG` writes e1.json, e1.md and e1_grad_vs_depth.png.
 
 Shapes: B batch, T tokens, L layer applications.
 """
@@ -8,60 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from albert_gpt.config import Config
-from albert_gpt.model import AlbertGPT
-
-EVAL_SEED = 20_240_601  # windows for post-training measurements; any fixed seed, apart from training's
-
-
-def _mean_loss(model: AlbertGPT, sampler: Any, batches: int, training: bool, device: torch.device) -> float:
-    model.train(training)
-    losses = []
-    with torch.no_grad():
-        for i in range(batches):
-            x, y = sampler.batch(i)  # (B, T) each
-            losses.append(model(x.to(device), y.to(device))[1].item())
-    return statistics.fmean(losses)
-
-
-def measure_modes(run_dir: Path, batches: int = 8, train_mode: bool = False) -> dict[str, float]:
-    """Loss of a run's final weights on train and val windows in eval mode; with `train_mode`,
-    the val loss again in train mode (BatchNorm on batch statistics, at the training batch size).
-
-    Both splits use the same number of windows and the same seed, so `generalization_gap`
-    (val - train) compares like with like; `mode_gap` is train mode minus eval mode on val.
-    """
-    from albert_gpt.data.batches import RandomWindowSampler
-    from albert_gpt.data.pipeline import prepare_data
-    from albert_gpt.runtime import resolve_device
-    from albert_gpt.training.checkpoint import load_for_inference
-
-    cfg, model, _ = load_for_inference(run_dir, "latest")
-    device = resolve_device(cfg.run)
-    model.to(device)
-    data = prepare_data(cfg, progress=False)
-    T, B = cfg.model.block_size, cfg.train.batch_size
-
-    def sampler(split: str) -> Any:
-        return RandomWindowSampler(data.splits[split].tokens, T, B, EVAL_SEED)
-
-    out = {
-        "eval_train_loss": _mean_loss(model, sampler("train"), batches, False, device),
-        "eval_val_loss": _mean_loss(model, sampler("val"), batches, False, device),
-    }
-    out["generalization_gap"] = out["eval_val_loss"] - out["eval_train_loss"]
-    if train_mode:
-        out["val_loss_train_mode"] = _mean_loss(model, sampler("val"), batches, True, device)
-        out["mode_gap"] = out["val_loss_train_mode"] - out["eval_val_loss"]
-    return out
-
+from albert_gpt.modeling.model import AlbertGPT
+from albert_gpt.study.report import markdown_table
 
 # ---------------------------------------------------------------- E1: gradients at initialization
 
@@ -159,3 +121,93 @@ def fit_depth_exponent(rows: list[dict[str, Any]], init: str, placement: str, sh
     mx = statistics.fmean(p[0] for p in pts)
     my = statistics.fmean(p[1] for p in pts)
     return sum((a - mx) * (b - my) for a, b in pts) / sum((a - mx) ** 2 for a, _ in pts)
+
+
+# ---------------------------------------------------------------- tables, figure, files
+
+INIT_TITLES = {
+    "model": "init as built (residual projections / sqrt(2L))",
+    "unscaled": "unscaled init (Xiong)",
+}
+
+
+def _select(rows: list[dict[str, Any]], init: str, placement: str, sharing: str) -> dict[int, dict[str, Any]]:
+    """n_layers -> row, for one init x placement x sharing."""
+    key = (init, placement, sharing)
+    return {r["n_layers"]: r for r in rows if (r["init"], r["placement"], r["sharing"]) == key}
+
+
+def tables(rows: list[dict[str, Any]], depths: list[int]) -> str:
+    """Last-layer gradient norm per depth, and the slope of log(norm) against log(L)."""
+    lines = []
+    for init in dict.fromkeys(r["init"] for r in rows):
+        table = []
+        for placement in dict.fromkeys(r["placement"] for r in rows):
+            for sharing in ("shared", "unshared"):
+                sel = _select(rows, init, placement, sharing)
+                slope = fit_depth_exponent(rows, init, placement, sharing)
+                table.append([f"{placement}-LN", sharing] + [sel[L]["last_w2_grad"] for L in depths]
+                             + [f"{slope:+.2f}"])
+        headers = ["placement", "sharing"] + [f"L={L}" for L in depths] + ["slope"]
+        lines += [f"### {INIT_TITLES[init]}", "", markdown_table(headers, table), ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], depths: list[int], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    fig, axs = plt.subplots(1, len(inits) + 1, figsize=(4.2 * (len(inits) + 1), 3.3))
+    styles = {("post", "shared"): ("C0", "-"), ("post", "unshared"): ("C0", "--"),
+              ("pre", "shared"): ("C1", "-"), ("pre", "unshared"): ("C1", "--")}
+    for ax, init in zip(axs, inits):
+        for (placement, sharing), (colour, ls) in styles.items():
+            sel = sorted((L, r["last_w2_grad"]) for L, r in _select(rows, init, placement, sharing).items())
+            if sel:
+                ax.plot(*zip(*sel), color=colour, ls=ls, marker="o", ms=3, label=f"{placement}-LN {sharing}")
+        first = _select(rows, init, "pre", "unshared")[depths[0]]["last_w2_grad"]
+        reference = [first * (depths[0] / L) ** 0.5 for L in depths]
+        ax.plot(depths, reference, color="grey", ls=":", label="1/sqrt(L)")
+        ax.set(xscale="log", yscale="log", title=INIT_TITLES[init], xlabel="L (layer applications)")
+        ax.set_xticks(depths, [str(L) for L in depths])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.title.set_fontsize(8)
+        ax.tick_params(labelsize=7)
+    axs[0].set_ylabel("||dLoss/dW2|| of the last layer", fontsize=8)
+    axs[0].legend(fontsize=6)
+    ax = axs[-1]
+    deepest = max(depths)
+    for init, ls in zip(inits, ("-", "--")):
+        for placement, colour in (("post", "C0"), ("pre", "C1")):
+            r = _select(rows, init, placement, "unshared")[deepest]
+            ax.plot(range(1, deepest + 1), r["per_layer_w2_grad"], color=colour, ls=ls,
+                    label=f"{placement}-LN, {init} init")
+    ax.set(yscale="log", title=f"every layer, L={deepest}, unshared", xlabel="layer")
+    ax.title.set_fontsize(8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+def run_grad_at_init(cfg: Config, out: Path, depths: list[int], seeds: tuple[int, ...] = (1, 2),
+                     batches: int = 3) -> Path:
+    """Measure, then write e1.json, e1.md (tables and fitted exponents) and e1_grad_vs_depth.png
+    under `out`; returns the path of e1.md."""
+    started = time.perf_counter()
+    rows = gradients_at_init(cfg, depths, seeds=seeds, batches=batches)
+    wall = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "e1.json").write_text(json.dumps({"rows": rows, "wall_time_s": wall}, indent=2), encoding="utf-8")
+    text = f"# E1: gradient norm at initialization ({wall:.0f} s)\n\n" + tables(rows, depths)
+    if plot(rows, depths, out / "e1_grad_vs_depth.png"):
+        text += "\n![E1](e1_grad_vs_depth.png)\n"
+    (out / "e1.md").write_text(text, encoding="utf-8")
+    return out / "e1.md"

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, TextIO
 
 import torch
 
-from albert_gpt.sampling import check_sampling_args
+from albert_gpt.modeling.sampling import check_sampling_args
 
 if TYPE_CHECKING:
     from albert_gpt.data.tokenizer import TextTokenizer
-    from albert_gpt.model import AlbertGPT
+    from albert_gpt.modeling.model import AlbertGPT
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,9 @@ def generate_from_run(
     stream: TextIO | None = None,
 ) -> str:
     """Load a run's checkpoint and print the prompt followed by its continuation to stdout."""
+    from albert_gpt.checkpoint import load_for_inference
     from albert_gpt.errors import ConfigError
     from albert_gpt.runtime import resolve_device
-    from albert_gpt.training.checkpoint import load_for_inference
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from albert_gpt.training.weights import unwrap_model
+from albert_gpt.checkpoint.weights import unwrap_model
 
 # TensorBoard bins a histogram on the host; a few tens of thousands of values give the same
 # picture as millions and keep a diagnostics step from copying a whole activation off the GPU.

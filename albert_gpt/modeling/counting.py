@@ -1,0 +1,104 @@
+"""Counting a model: unique and applied parameters (a shared block once per application) and
+training FLOPs per token.
+
+`meta_model` builds the real model on the meta device (shapes only, no memory, no init cost), so
+counts from a config always describe what training would build.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from albert_gpt.config import ModelConfig
+from albert_gpt.modeling.model import AlbertGPT
+
+
+def _numel(module: torch.nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def _numel_all(modules: list[torch.nn.Module]) -> int:
+    """Parameters of several modules, a parameter they share counted once."""
+    seen = {id(p): p.numel() for m in modules for p in m.parameters()}
+    return sum(seen.values())
+
+
+def _layers(depths: list[int]) -> str:
+    if len(depths) == 1:
+        return f"layer {depths[0]}"
+    if depths == list(range(depths[0], depths[-1] + 1)):
+        return f"layers {depths[0]}-{depths[-1]}"
+    return "layers " + ",".join(map(str, depths))
+
+
+def _row(component: str, params: int, applications: int = 1) -> dict[str, Any]:
+    return {
+        "component": component,
+        "params": params,
+        "applications": applications,
+        "applied": params * applications,
+    }
+
+
+def _block_rows(model: AlbertGPT) -> list[dict[str, Any]]:
+    """One row per distinct block, or per distinct sub-layer (with its norm) when sharing is partial."""
+    if model.cfg.sharing == "all":
+        rows = []
+        for i, block in enumerate(model.blocks):
+            depths = [d for d, b in enumerate(model.schedule) if b == i]
+            rows.append(_row(f"block {i} ({_layers(depths)})", _numel(block), len(depths)))
+        return rows
+    units: dict[tuple[str, int], list[Any]] = {}  # (kind, id of the sub-layer) -> [modules, depths]
+    for depth, i in enumerate(model.schedule):
+        block = model.blocks[i]
+        for kind, parts in (("attention", (block.attn, block.norm1)), ("ffn", (block.ffn, block.norm2))):
+            units.setdefault((kind, id(parts[0])), [list(parts), []])[1].append(depth)
+    shared_kind = "attention" if model.cfg.sharing == "attention" else "ffn"
+    rows = []
+    for key in sorted(units, key=lambda k: (k[0] != shared_kind, units[k][1][0])):
+        kind, (parts, depths) = key[0], units[key]
+        shared = "shared " if len(depths) > 1 else ""
+        rows.append(_row(f"{shared}{kind} + norm ({_layers(depths)})", _numel_all(parts), len(depths)))
+    return rows
+
+
+def count_parameters(model: AlbertGPT) -> dict[str, Any]:
+    """Unique parameters, applied parameters (a shared block once per application), breakdown."""
+    cfg = model.cfg
+    E = cfg.embedding_dim or cfg.n_embd
+    rows = [_row(f"token embedding ({model.tok_emb.num_embeddings} x {E})", _numel(model.tok_emb))]
+    if model.emb_proj is not None:
+        rows.append(_row(f"embedding projection ({E} -> {cfg.n_embd})", _numel(model.emb_proj)))
+    rows.append(_row(f"position embedding ({cfg.block_size} x {cfg.n_embd})", _numel(model.pos_emb)))
+    rows += _block_rows(model)
+    if _numel(model.final_norm):
+        rows.append(_row("final norm", _numel(model.final_norm)))
+    if model.head_proj is not None:
+        rows.append(_row(f"head projection ({cfg.n_embd} -> {E})", _numel(model.head_proj)))
+    rows.append(_row("LM head (tied to the token embedding)", 0))
+    return {
+        "params_unique": sum(p.numel() for p in model.parameters()),
+        "params_applied": sum(r["applied"] for r in rows),
+        "breakdown": rows,
+    }
+
+
+def meta_model(model_cfg: ModelConfig) -> AlbertGPT:
+    with torch.device("meta"):
+        return AlbertGPT(model_cfg)
+
+
+def flops_of(model: AlbertGPT, params_applied: int) -> int:
+    # nanoGPT/PaLM: 6 FLOPs per applied weight (forward + backward) plus the attention score
+    # and value matmuls; position embeddings are a lookup, not a matmul, so they do not count.
+    cfg = model.cfg
+    n = params_applied - model.pos_emb.weight.numel()
+    return 6 * n + 12 * cfg.n_layers * cfg.n_embd * cfg.block_size
+
+
+def flops_per_token(model_cfg: ModelConfig) -> int:
+    """Training FLOPs per token: 6 * N_applied + 12 * n_layers * n_embd * block_size."""
+    model = meta_model(model_cfg)
+    return flops_of(model, count_parameters(model)["params_applied"])
