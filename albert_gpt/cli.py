@@ -98,7 +98,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steps must be >= 1 and --warmup >= 0 (got {args.steps} and {args.warmup})")
     from albert_gpt.study.benchmark import benchmark, format_table
 
-    rows = benchmark(args.config, args.set, args.compare, args.steps, args.warmup, args.synthetic, args.variant)
+    rows = benchmark(args.config, args.set, args.compare, args.steps, args.warmup, args.synthetic,
+                     args.variant)
     print(format_table(rows))
     print(json.dumps(rows))
     if args.json_out:
@@ -173,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_dir")
     p.set_defaults(func=cmd_report)
 
-    p = with_config("bench", "time training steps: ms/step, tokens/s, MFU, peak memory (variants interleaved)")
+    p = with_config("bench", "time training steps: ms/step, tokens/s, MFU, memory (variants interleaved)")
     p.add_argument("--compare", action="append", default=[], metavar="KEY=V1,V2",
                    help="variants to interleave, every combination; the first value is the baseline")
     p.add_argument("--variant", action="append", default=[], metavar="'KEY=V KEY=V'",
