@@ -1,22 +1,36 @@
 """Typed configuration: one dataclass per YAML section, validated on construction.
 
-A field's metadata carries its help text and its constraints (`choices`, `min`, `max`,
-`min_exclusive`), so validation and the README's key table come from one place.
+A field's type says what it holds (a `Literal[...]` lists its allowed values) and its metadata
+carries its help text and its bounds (`min`, `max`, `min_exclusive`), so validation and the
+README's key table come from one place.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from albert_gpt.errors import ConfigError
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Parallel = Literal["ddp", "fsdp"]
+Sharing = Literal["all", "attention", "ffn"]
+NormKind = Literal["layernorm", "rmsnorm", "batchnorm", "adaptive_layernorm", "none"]
+NormPlacement = Literal["post", "pre", "deepnorm", "none"]
+NormImpl = Literal["fused", "reference"]
+DataSource = Literal["builtin", "files", "hub"]
+EncodingErrors = Literal["replace", "strict"]
+TokenizerType = Literal["bpe", "char", "pretrained"]
+Schedule = Literal["cosine", "linear", "constant", "inverse_sqrt"]
 
 
 def opt(default: Any, help: str, **constraints: Any) -> Any:
@@ -29,25 +43,23 @@ class RunConfig:
     name: str = opt("run", "run directory name under out_dir")
     out_dir: str = opt("runs", "parent folder of run directories")
     seed: int = opt(1337, "one seed for init, data order and dropout", min=0)
-    device: str = opt("auto", "auto (cuda if available) | cpu | cuda", choices=("auto", "cpu", "cuda"))
-    dtype: str = opt(
+    device: Device = opt("auto", "auto (cuda if available) | cpu | cuda")
+    dtype: DType = opt(
         "auto",
-        "auto (bfloat16 where the device runs it fast, else float32) | float32 | bfloat16 | float16",
-        choices=("auto", "float32", "bfloat16", "float16"),
+        "auto (bfloat16 where the device runs it fast, else float32) | float32 | bfloat16 | float16"
     )
     compile: bool = opt(False, "wrap the model in torch.compile")
     threads: int = opt(0, "CPU threads for torch (0 = torch's default)", min=0)
     overwrite: bool = opt(False, "allow training into an existing run directory, replacing it")
-    parallel: str = opt("ddp", "multi-process strategy under torchrun: ddp | fsdp", choices=("ddp", "fsdp"))
+    parallel: Parallel = opt("ddp", "multi-process strategy under torchrun: ddp | fsdp")
 
 
 @dataclass
 class ModelConfig:
     n_layers: int = opt(6, "layer applications (depth)", min=1)
     n_groups: int = opt(1, "distinct blocks shared across depth (1 = all shared, n_layers = unshared)", min=1)
-    sharing: str = opt(
-        "all", "what the groups share: all | attention | ffn (the other sub-layer is per layer)",
-        choices=("all", "attention", "ffn"),
+    sharing: Sharing = opt(
+        "all", "what the groups share: all | attention | ffn (the other sub-layer is per layer)"
     )
     n_embd: int = opt(384, "hidden size H", min=1)
     n_heads: int = opt(6, "attention heads (must divide n_embd)", min=1)
@@ -62,28 +74,19 @@ class ModelConfig:
         0.0, "dropout on embeddings, attention weights and residual branches", min=0.0, max=0.999
     )
     bias: bool = opt(True, "biases in linear layers")
-    norm: str = opt(
-        "layernorm", "layernorm | rmsnorm | batchnorm | adaptive_layernorm | none",
-        choices=("layernorm", "rmsnorm", "batchnorm", "adaptive_layernorm", "none"),
-    )
-    norm_placement: str = opt(
-        "post", "post (x = LN(x + f(x))) | pre | deepnorm | none",
-        choices=("post", "pre", "deepnorm", "none"),
-    )
+    norm: NormKind = opt("layernorm", "layernorm | rmsnorm | batchnorm | adaptive_layernorm | none")
+    norm_placement: NormPlacement = opt("post", "post (x = LN(x + f(x))) | pre | deepnorm | none")
     norm_affine: bool = opt(True, "learnable gamma and beta in the norms")
     norm_eps: float = opt(1e-5, "epsilon inside the square root of the norms", min_exclusive=0.0)
-    norm_impl: str = opt(
-        "fused", "fused (torch.nn.functional.layer_norm) | reference (the written-out formula)",
-        choices=("fused", "reference"),
+    norm_impl: NormImpl = opt(
+        "fused", "fused (torch.nn.functional.layer_norm) | reference (the written-out formula)"
     )
     init_std: float = opt(0.02, "std of the normal init of weights", min_exclusive=0.0)
 
 
 @dataclass
 class DataConfig:
-    source: str = opt(
-        "builtin", "builtin (Python's docs, offline) | files | hub", choices=("builtin", "files", "hub")
-    )
+    source: DataSource = opt("builtin", "builtin (Python's docs, offline) | files | hub")
     path: str | None = opt(None, "files: a file, directory or glob; hub: the dataset path")
     name: str | None = opt(None, "hub: dataset name (when path is not given)")
     config: str | None = opt(None, "hub: dataset configuration, e.g. wikitext-103-raw-v1")
@@ -100,9 +103,8 @@ class DataConfig:
     )
     val_fraction: float = opt(0.05, "share of documents held out for validation", min=0.0, max=0.5)
     test_fraction: float = opt(0.05, "share of documents held out for test", min=0.0, max=0.5)
-    encoding_errors: str = opt(
-        "replace", "invalid UTF-8: replace (and report the count) | strict (refuse)",
-        choices=("replace", "strict"),
+    encoding_errors: EncodingErrors = opt(
+        "replace", "invalid UTF-8: replace (and report the count) | strict (refuse)"
     )
     cache_dir: str = opt("data_cache", "where tokenized corpora are cached")
     num_proc: int = opt(1, "processes for tokenization", min=1)
@@ -110,9 +112,7 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    type: str = opt(
-        "bpe", "bpe (byte-level, trained) | char | pretrained", choices=("bpe", "char", "pretrained")
-    )
+    type: TokenizerType = opt("bpe", "bpe (byte-level, trained) | char | pretrained")
     vocab_size: int = opt(4096, "bpe: target vocabulary size", min=260, max=4_294_967_295)
     min_frequency: int = opt(2, "bpe: minimum pair frequency for a merge", min=1)
     path: str | None = opt(None, "pretrained: path to a tokenizer.json")
@@ -127,10 +127,7 @@ class TrainConfig:
     max_tokens: int | None = opt(None, "stop after this many training tokens (overrides max_steps)", min=1)
     lr: float = opt(1e-3, "peak learning rate", min_exclusive=0.0)
     min_lr: float = opt(1e-4, "learning-rate floor of the schedule", min=0.0)
-    schedule: str = opt(
-        "cosine", "cosine | linear | constant | inverse_sqrt (each after linear warmup)",
-        choices=("cosine", "linear", "constant", "inverse_sqrt"),
-    )
+    schedule: Schedule = opt("cosine", "cosine | linear | constant | inverse_sqrt (each after linear warmup)")
     warmup_steps: int = opt(100, "linear warmup steps", min=0)
     weight_decay: float = opt(
         0.1, "AdamW decay on weight matrices (never norms, biases, embeddings)", min=0.0
@@ -187,6 +184,7 @@ SECTIONS: dict[str, type] = {
 
 # ---------------------------------------------------------------- coercion
 
+@functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -211,6 +209,11 @@ def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
                 return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0], from_text)
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, str) and value in choices:
+            return value
+        raise ConfigError(f"{key}: unknown value {value!r} (choose one of: {', '.join(choices)})")
     bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):
@@ -351,12 +354,13 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 # ---------------------------------------------------------------- validation
 
-def _check_field(section: str, f: dataclasses.Field, value: Any) -> None:
+def _check_field(section: str, f: dataclasses.Field, hint: Any, value: Any) -> None:
     key, meta = f"{section}.{f.name}", f.metadata
     if value is None:
         return
-    if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{key}: unknown value {value!r} (choose one of: {', '.join(meta['choices'])})")
+    if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+        choices = ", ".join(typing.get_args(hint))
+        raise ConfigError(f"{key}: unknown value {value!r} (choose one of: {choices})")
     if "min" in meta and value < meta["min"]:
         raise ConfigError(f"{key}: {value!r} is out of range (must be >= {meta['min']})")
     if "max" in meta and value > meta["max"]:
@@ -369,8 +373,9 @@ def validate(cfg: Config) -> None:
     """Raise ConfigError (one line, naming the key) for the first problem found."""
     for name in SECTIONS:
         section = getattr(cfg, name)
+        hints = _field_types(type(section))
         for f in dataclasses.fields(section):
-            _check_field(name, f, getattr(section, f.name))
+            _check_field(name, f, hints[f.name], getattr(section, f.name))
     m, d, t = cfg.model, cfg.data, cfg.train
     if m.n_embd % m.n_heads:
         raise ConfigError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_heads ({m.n_heads})")
@@ -388,8 +393,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("tokenizer.path is required when tokenizer.type is pretrained")
     if t.min_lr > t.lr:
         raise ConfigError(f"train.min_lr ({t.min_lr}) must be <= train.lr ({t.lr})")
-    if cfg.run.dtype == "float16" and cfg.run.device == "cpu":
-        raise ConfigError("run.dtype: float16 needs a CUDA device (use bfloat16 or float32 on cpu)")
 
 
 def key_table() -> list[tuple[str, str, str]]:

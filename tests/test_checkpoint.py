@@ -434,3 +434,41 @@ def test_load_for_inference_rebuilds_model_and_tokenizer(tmp_path):
     assert ids == tokenizer.encode("the lazy fox") and loaded_tok.decode(ids) == "the lazy fox"
     idx = torch.tensor([ids[:8]])
     torch.testing.assert_close(loaded(idx)[0], model.eval()(idx)[0], rtol=0, atol=0)
+
+
+def test_checkpoint_with_old_norm_names_still_loads(tmp_path):
+    """Weights saved before the rename (blocks.N.norm1 / norm2) load into attn_norm / ffn_norm, and
+    a genuinely unknown key is still refused."""
+    from albert_gpt.checkpoint import load_for_inference
+    from albert_gpt.checkpoint.weights import load_weights, save_weights
+    from albert_gpt.data.tokenizer import build_tokenizer
+    from albert_gpt.modeling.model import AlbertGPT
+
+    tokenizer = build_tokenizer(dataclasses.replace(_cfg().tokenizer, type="char"), ["abcdefghijk"],
+                                progress=False)
+    tokenizer.save(tmp_path / "tokenizer.json")
+    cfg = _cfg(n_layers=2, n_groups=2, vocab_size=tokenizer.vocab_size)
+    model = AlbertGPT(cfg.model)
+    with torch.no_grad():  # non-default gamma / beta, so a norm left at its init would show
+        for name, p in model.named_parameters():
+            if "_norm." in name:
+                p.copy_(torch.randn_like(p))
+    path = save_checkpoint(tmp_path, 3, model, {"step": 3}, cfg, tmp_path / "tokenizer.json", 2, None)
+    old = {k.replace(".attn_norm.", ".norm1.").replace(".ffn_norm.", ".norm2."): v
+           for k, v in model.state_dict().items()}
+    assert "blocks.1.norm2.bias" in old and not any("attn_norm" in k for k in old)
+    save_weights(old, path / "model.safetensors")
+    meta = json.loads((path / "meta.json").read_text())  # re-record the rewritten file, as an old run had it
+    meta["files"]["model.safetensors"] = {"bytes": (path / "model.safetensors").stat().st_size,
+                                          "sha256": hashlib.sha256((path / "model.safetensors").read_bytes())
+                                          .hexdigest()}
+    (path / "meta.json").write_text(json.dumps(meta))
+
+    _, loaded, _ = load_for_inference(tmp_path, "latest")
+    idx = torch.randint(0, tokenizer.vocab_size, (2, 8))
+    torch.testing.assert_close(loaded(idx)[0], model.eval()(idx)[0], rtol=0, atol=0)
+    assert set(load_weights(path / "model.safetensors")) == set(model.state_dict())
+
+    save_weights({**old, "blocks.0.norm3.weight": torch.ones(1)}, path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="unexpected blocks.0.norm3.weight"):
+        load_strict(AlbertGPT(cfg.model), load_weights(path / "model.safetensors"), path)

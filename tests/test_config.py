@@ -185,3 +185,39 @@ def test_every_shipped_config_loads():
         cfg = shipped_config(path)
         assert config_from_dict(yaml.safe_load(dump_config(cfg))) == cfg, path.name
         assert isinstance(cfg.model, ModelConfig)
+
+
+def test_every_field_with_fixed_choices_is_a_literal_checked_on_load():
+    """Choices live in the type: each Literal field refuses a value outside it, from YAML and from --set,
+    and a non-string (a YAML number) is refused the same way."""
+    import dataclasses as dc
+    import typing
+
+    from albert_gpt.config import SECTIONS, _field_types
+
+    literal_fields = [(name, f.name, typing.get_args(_field_types(cls)[f.name]))
+                      for name, cls in SECTIONS.items() for f in dc.fields(cls)
+                      if typing.get_origin(_field_types(cls)[f.name]) is typing.Literal]
+    assert ("model", "norm_placement", ("post", "pre", "deepnorm", "none")) in literal_fields
+    assert len(literal_fields) >= 10
+    for section, key, choices in literal_fields:
+        loaded = load_config(None, [f"{section}.{key}={choices[0]}"])
+        assert getattr(getattr(loaded, section), key) == choices[0]
+        with pytest.raises(ConfigError, match=rf"^{section}\.{key}: unknown value 'bogus' \(choose one of"):
+            load_config(None, [f"{section}.{key}=bogus"])
+        with pytest.raises(ConfigError, match=rf"^{section}\.{key}: unknown value 3 "):
+            config_from_dict({section: {key: 3}})
+
+
+def test_float16_on_cpu_is_refused_once_where_the_device_is_known():
+    """The config alone does not know the device (`auto` may mean CPU); runtime.resolve_dtype refuses
+    float16 on a CPU whichever way the CPU was chosen."""
+    import torch
+
+    from albert_gpt.runtime import resolve_dtype
+
+    for device in ("cpu", "auto"):
+        cfg = load_config(None, ["run.dtype=float16", f"run.device={device}"])
+        with pytest.raises(ConfigError, match=r"^run\.dtype: float16 needs a CUDA device"):
+            resolve_dtype(cfg.run, torch.device("cpu"))
+    assert resolve_dtype(load_config(None, ["run.dtype=bfloat16"]).run, torch.device("cpu")) == torch.bfloat16

@@ -80,7 +80,7 @@ def test_activation_statistics_match_hand_computation(placement):
         for depth in range(2):
             key = f"diag/depth_{depth:02d}/"
             layer_in = h
-            for name, f, norm in (("attn", block.attn, block.norm1), ("ffn", block.ffn, block.norm2)):
+            for name, f, norm in (("attn", block.attn, block.attn_norm), ("ffn", block.ffn, block.ffn_norm)):
                 if placement == "pre":
                     norm_in, norm_out = h, norm(h)
                     branch = f(norm_out)
@@ -138,11 +138,12 @@ def test_parameter_gradient_norms_match_hand_computation():
     model = tiny_model()
     _, scalars = diagnose(model, *batch())
     block = model.blocks[0]
-    for part in ("attn", "ffn", "norm1", "norm2"):
+    for part in ("attn", "ffn", "attn_norm", "ffn_norm"):
         grads = torch.cat([p.grad.reshape(-1) for p in getattr(block, part).parameters()])
         assert scalars[f"diag/params/block_0/{part}_grad_norm"] == pytest.approx(fro(grads), rel=1e-5)
-    assert scalars["diag/params/block_0/norm1_gamma_norm"] == pytest.approx(fro(block.norm1.weight), rel=1e-6)
-    assert scalars["diag/params/block_0/norm2_beta_norm"] == pytest.approx(fro(block.norm2.bias), rel=1e-6)
+    prefix = "diag/params/block_0/"
+    assert scalars[prefix + "attn_norm_gamma_norm"] == pytest.approx(fro(block.attn_norm.weight), rel=1e-6)
+    assert scalars[prefix + "ffn_norm_beta_norm"] == pytest.approx(fro(block.ffn_norm.bias), rel=1e-6)
     emb = torch.cat([model.tok_emb.weight.grad.reshape(-1), model.pos_emb.weight.grad.reshape(-1)])
     assert scalars["diag/params/embeddings/grad_norm"] == pytest.approx(fro(emb), rel=1e-5)
 

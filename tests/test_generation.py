@@ -108,7 +108,7 @@ def eot_heavy_model(tokenizer) -> AlbertGPT:
     So each sampled token is end-of-text with probability exactly 1/2.
     """
     model = tiny_model(tokenizer.vocab_size, seed=1)
-    last_norm = model.blocks[model.schedule[-1]].norm2
+    last_norm = model.blocks[model.schedule[-1]].ffn_norm
     with torch.no_grad():
         b = torch.ones(16) / 4.0  # |b|^2 = 1
         last_norm.weight.zero_()

@@ -13,7 +13,8 @@ from torch import nn
 
 from albert_gpt.config import ModelConfig
 from albert_gpt.errors import ConfigError
-from albert_gpt.modeling.model import TRACE_POINTS, AlbertGPT, Block
+from albert_gpt.modeling.block import TRACE_POINTS, Block
+from albert_gpt.modeling.model import AlbertGPT
 
 H, HEADS, V, T = 16, 4, 23, 12
 
@@ -50,7 +51,7 @@ def _reference_layer(block: Block, norm_first: bool) -> nn.TransformerEncoderLay
         ref.linear1.bias.copy_(block.ffn.fc.bias)
         ref.linear2.weight.copy_(block.ffn.proj.weight)
         ref.linear2.bias.copy_(block.ffn.proj.bias)
-        for ours, theirs in ((block.norm1, ref.norm1), (block.norm2, ref.norm2)):
+        for ours, theirs in ((block.attn_norm, ref.norm1), (block.ffn_norm, ref.norm2)):
             theirs.weight.copy_(ours.weight)
             theirs.bias.copy_(ours.bias)
     return ref
@@ -84,8 +85,8 @@ def test_deepnorm_block_follows_its_formula():
     alpha = 16**0.25
     assert block.alpha == pytest.approx(alpha)
     x = torch.randn(2, T, H)
-    h = block.norm1(alpha * x + block.attn(x))
-    expected = block.norm2(alpha * h + block.ffn(h))
+    h = block.attn_norm(alpha * x + block.attn(x))
+    expected = block.ffn_norm(alpha * h + block.ffn(h))
     torch.testing.assert_close(block(x), expected)
 
 
@@ -187,7 +188,7 @@ def test_gpt2_init_scales_residual_projections():
     assert block.attn.proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
     assert block.ffn.proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
     assert torch.count_nonzero(block.attn.qkv.bias) == 0
-    assert torch.equal(block.norm1.weight, torch.ones(128))
+    assert torch.equal(block.attn_norm.weight, torch.ones(128))
 
 
 def test_deepnorm_init_scales_value_ffn_and_output_by_beta():
@@ -205,30 +206,47 @@ def test_deepnorm_init_scales_value_ffn_and_output_by_beta():
 
 @pytest.mark.parametrize("placement", ["post", "pre", "deepnorm", "none"])
 def test_tracer_sees_every_point_and_changes_nothing(placement):
-    """The traced path reports all points per application, in order, and gives the untraced result."""
+    """A traced forward reports every point per application, in depth order, the residual stream
+    before and after each sub-layer among them, and gives exactly the untraced result."""
     torch.manual_seed(0)
     model = AlbertGPT(tiny(norm_placement=placement, n_groups=1)).eval()
     idx = torch.randint(0, V, (2, T))
     seen: list[tuple[int, str, torch.Tensor]] = []
     traced, _ = model(idx, tracer=lambda d, p, t: seen.append((d, p, t)))
-    torch.testing.assert_close(traced, model(idx)[0])
+    assert torch.equal(traced, model(idx)[0])
     assert [d for d, _, _ in seen] == sorted(d for d, _, _ in seen)
     for d in range(3):
         names = [p for depth, p, _ in seen if depth == d]
-        assert sorted(names) == sorted(TRACE_POINTS)
+        assert sorted(names) == sorted(TRACE_POINTS) and len(names) == len(TRACE_POINTS)
         assert names[0] == "layer_in" and names[-1] == "layer_out"
     points = {(d, p): t for d, p, t in seen}
     block = model.blocks[0]
+    alpha = block.alpha
     for d in range(3):
-        x, branch = points[d, "layer_in"], points[d, "attn_branch"]
-        torch.testing.assert_close(points[d, "attn_norm_out"], block.norm1(points[d, "attn_norm_in"]))
-        if placement in ("post", "deepnorm"):
-            torch.testing.assert_close(points[d, "attn_norm_in"], block.alpha * x + branch)
-        else:
-            torch.testing.assert_close(points[d, "attn_norm_in"], x)
-            torch.testing.assert_close(points[d, "ffn_norm_in"], x + branch)
+        stream = points[d, "layer_in"]
+        for sub, norm in (("attn", block.attn_norm), ("ffn", block.ffn_norm)):
+            branch, out = points[d, f"{sub}_branch"], points[d, f"{sub}_stream"]
+            torch.testing.assert_close(points[d, f"{sub}_residual"], alpha * stream)
+            torch.testing.assert_close(points[d, f"{sub}_norm_out"], norm(points[d, f"{sub}_norm_in"]))
+            if placement in ("post", "deepnorm"):  # the stream is normalized: LN(alpha * x + f(x))
+                torch.testing.assert_close(points[d, f"{sub}_norm_in"], alpha * stream + branch)
+                torch.testing.assert_close(out, points[d, f"{sub}_norm_out"])
+            else:  # the norm reads the stream, the stream adds the branch: x + f(LN(x))
+                torch.testing.assert_close(points[d, f"{sub}_norm_in"], stream)
+                torch.testing.assert_close(out, stream + branch)
+            stream = out
+        torch.testing.assert_close(points[d, "layer_out"], stream)
     for d in range(2):
         assert points[d, "layer_out"] is points[d + 1, "layer_in"]
+
+
+def test_block_wiring_is_decided_at_construction():
+    """The placement string is read once: each block holds its wiring as plain attributes."""
+    wiring = {p: (Block(tiny(norm_placement=p)).norm_first, Block(tiny(norm_placement=p)).alpha)
+              for p in ("post", "pre", "deepnorm", "none")}
+    assert wiring == {"post": (False, 1.0), "pre": (True, 1.0), "deepnorm": (False, (2 * 3) ** 0.25),
+                      "none": (True, 1.0)}
+    assert not hasattr(Block(tiny()), "placement")
 
 
 def test_layer_outputs_one_per_application():

@@ -33,8 +33,8 @@ def test_groups_follow_albert_integer_schedule():
 @pytest.mark.parametrize(
     "sharing, shared_parts, own_parts",
     [
-        ("attention", ("attn", "norm1"), ("ffn", "norm2")),
-        ("ffn", ("ffn", "norm2"), ("attn", "norm1")),
+        ("attention", ("attn", "attn_norm"), ("ffn", "ffn_norm")),
+        ("ffn", ("ffn", "ffn_norm"), ("attn", "attn_norm")),
     ],
 )
 def test_partial_sharing_shares_one_sublayer_with_its_norm(sharing, shared_parts, own_parts):

@@ -9,6 +9,7 @@ Shapes: tensors keep their state-dict shapes; nothing is reshaped.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -20,6 +21,9 @@ from albert_gpt.errors import CheckpointError
 
 _ALIASES_KEY = "albert_gpt.aliases"
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DDP / DataParallel
+# Checkpoints written before a block's norms were named after their sub-layers.
+_LEGACY_NORM = re.compile(r"^(blocks\.\d+\.)norm([12])\.")
+_LEGACY_NAMES = {"1": "attn_norm", "2": "ffn_norm"}
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -45,6 +49,14 @@ def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
                 state = {key[len(prefix):]: value for key, value in state.items()}
                 changed = True
     return state
+
+
+def upgrade_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename `blocks.N.norm1.*` / `norm2.*` (older checkpoints) to `attn_norm.*` / `ffn_norm.*`."""
+    def rename(key: str) -> str:
+        return _LEGACY_NORM.sub(lambda m: f"{m.group(1)}{_LEGACY_NAMES[m.group(2)]}.", key)
+
+    return {rename(key): value for key, value in state.items()}
 
 
 def _split_aliases(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -92,7 +104,7 @@ def load_weights(file: Path, map_location: str | torch.device = "cpu") -> dict[s
         if target not in state:
             raise CheckpointError(f"{file}: tied tensor {alias} refers to missing {target}")
         state[alias] = state[target]
-    return strip_wrapper_prefixes(state)
+    return upgrade_legacy_keys(strip_wrapper_prefixes(state))
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:

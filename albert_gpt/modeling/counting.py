@@ -53,7 +53,8 @@ def _block_rows(model: AlbertGPT) -> list[dict[str, Any]]:
     units: dict[tuple[str, int], list[Any]] = {}  # (kind, id of the sub-layer) -> [modules, depths]
     for depth, i in enumerate(model.schedule):
         block = model.blocks[i]
-        for kind, parts in (("attention", (block.attn, block.norm1)), ("ffn", (block.ffn, block.norm2))):
+        for kind, parts in (("attention", (block.attn, block.attn_norm)),
+                            ("ffn", (block.ffn, block.ffn_norm))):
             units.setdefault((kind, id(parts[0])), [list(parts), []])[1].append(depth)
     shared_kind = "attention" if model.cfg.sharing == "attention" else "ffn"
     rows = []

@@ -59,7 +59,7 @@ class DepthDiagnostics:
         self.model = unwrap_model(model)
         self._capturing = False
         self._stats: dict[int, dict[str, torch.Tensor]] = {}
-        self._stream: dict[int, torch.Tensor] = {}  # depth -> residual stream entering the next sub-layer
+        self._residual: dict[int, torch.Tensor] = {}  # depth -> what the current branch is added to
         self._layer_in: dict[int, torch.Tensor] = {}
         self._grad_out: dict[int, torch.Tensor] = {}
         self._final_hidden: torch.Tensor | None = None
@@ -68,7 +68,7 @@ class DepthDiagnostics:
     @contextlib.contextmanager
     def capture(self) -> Iterator[DepthDiagnostics]:
         """Record what `tracer` sees during this block (one forward pass)."""
-        self._stats, self._stream, self._layer_in, self._grad_out = {}, {}, {}, {}
+        self._stats, self._residual, self._layer_in, self._grad_out = {}, {}, {}, {}
         self._final_hidden, self.histograms = None, {}
         self._capturing = True
         try:
@@ -90,34 +90,32 @@ class DepthDiagnostics:
             return eager(idx, targets, tracer=self.tracer)
 
     def tracer(self, depth: int, point: str, tensor: torch.Tensor) -> None:
-        """The model's tracer callback: statistics at one trace point of one application."""
+        """The model's tracer callback: statistics at one trace point of one application.
+
+        Only the trace points are read (modeling.block.TRACE_POINTS), never the block: what the
+        residual stream is and what a branch is added to are points of their own, so the same
+        code serves every placement.
+        """
         if not self._capturing:
             return
-        block = self.model.blocks[self.model.schedule[depth]]
         stats = self._stats.setdefault(depth, {})
         with torch.no_grad():
             x = tensor.detach()
+            name, _, what = point.partition("_")
             if point == "layer_in":
                 self._layer_in[depth] = x
-                self._stream[depth] = x
-            elif point.endswith("_norm_in"):
-                name = point.removesuffix("_norm_in")
+            elif what == "residual":
+                self._residual[depth] = x
+            elif what == "norm_in":
                 # ||x|| / sqrt(H) per token: the RMS a norm divides by, averaged over tokens.
                 stats[f"{name}_norm_in_rms"] = (_token_norms(x) / math.sqrt(x.size(-1))).mean()
-                if block.placement in ("pre", "none"):
-                    self._stream[depth] = x  # pre-LN: the norm's input is the residual stream itself
-            elif point.endswith("_norm_out"):
-                name = point.removesuffix("_norm_out")
+            elif what == "norm_out":
                 x32 = x.float()
                 stats[f"{name}_norm_out_mean"] = x32.mean()
                 stats[f"{name}_norm_out_std"] = x32.std(correction=0)
-                if block.placement in ("post", "deepnorm"):
-                    self._stream[depth] = x  # post-LN: the stream is what leaves the norm
-            elif point.endswith("_branch"):
-                name = point.removesuffix("_branch")
-                # The branch is added to alpha * stream (alpha = 1 except DeepNorm), so that is
-                # the size an update is compared with.
-                residual = block.alpha * torch.linalg.vector_norm(self._stream[depth].float())
+            elif what == "branch":
+                # How big an update is next to what it is added to (alpha * stream in DeepNorm).
+                residual = torch.linalg.vector_norm(self._residual[depth].float())
                 stats[f"{name}_update_ratio"] = torch.linalg.vector_norm(x.float()) / residual
             elif point == "layer_out":
                 self._layer_out_stats(depth, x, stats)
@@ -190,7 +188,7 @@ def parameter_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
     seen: set[int] = set()
     for g, block in enumerate(model.blocks):
         prefix = f"diag/params/block_{g}/"
-        for part in ("attn", "norm1", "ffn", "norm2"):
+        for part in ("attn", "attn_norm", "ffn", "ffn_norm"):
             module = getattr(block, part)
             if id(module) in seen:
                 continue
@@ -198,7 +196,7 @@ def parameter_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
             grad = _grad_norm(list(module.parameters()))
             if grad is not None:
                 out[f"{prefix}{part}_grad_norm"] = grad
-            if part.startswith("norm"):
+            if part.endswith("_norm"):
                 for pname, p in module.named_parameters():
                     label = _NORM_PARAM_NAMES.get(pname, pname.replace(".", "_"))
                     out[f"{prefix}{part}_{label}_norm"] = torch.linalg.vector_norm(p.detach().float())

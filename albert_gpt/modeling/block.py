@@ -1,0 +1,105 @@
+"""The transformer Block: two sub-layers (attention, feed-forward), each with its norm and residual.
+
+Shapes: B batch, T tokens, H hidden. Every tensor a Block traces is (B, T, H).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from albert_gpt.config import ModelConfig
+from albert_gpt.modeling.layers import CausalSelfAttention, FeedForward, KVCache
+from albert_gpt.modeling.norms import build_norm
+
+# trace(point, tensor): told about each tensor at TRACE_POINTS of one layer application.
+Trace = Callable[[str, torch.Tensor], None]
+
+# The same points for every placement (each traced when it is computed). Per sub-layer (attn, ffn):
+#   residual   what the branch is added to: the stream entering the sub-layer (alpha times it in DeepNorm)
+#   norm_in    the norm's input: the stream itself (pre-LN) or residual + branch (post-LN)
+#   norm_out   the norm's output
+#   branch     the sub-layer's output f(.)
+#   stream     the residual stream leaving the sub-layer (post-LN: the norm's output)
+TRACE_POINTS = (
+    "layer_in",
+    *(f"{sub}_{point}" for sub in ("attn", "ffn")
+      for point in ("residual", "norm_in", "norm_out", "branch", "stream")),
+    "layer_out",
+)
+
+
+def _ignore(point: str, tensor: torch.Tensor) -> None:
+    """The trace of an untraced forward: nothing is kept, so nothing changes."""
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    """A block's norm: the configured kind, or the identity when the placement is `none`."""
+    return nn.Identity() if cfg.norm_placement == "none" else build_norm(cfg)
+
+
+class Block(nn.Module):
+    """One transformer layer; `model.norm_placement` decides, once, where its two norms sit.
+
+        post      x = LN(x + attn(x))             x = LN(x + ffn(x))
+        pre       x = x + attn(LN(x))             x = x + ffn(LN(x))
+        deepnorm  x = LN(alpha * x + attn(x))     x = LN(alpha * x + ffn(x))
+        none      x = x + attn(x)                 x = x + ffn(x)      (the norms are identities)
+
+    `attn_norm` belongs with attention and `ffn_norm` with the FFN, whichever placement: with
+    partial sharing a norm is shared exactly when the sub-layer it sits next to is.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        attn: CausalSelfAttention | None = None,
+        attn_norm: nn.Module | None = None,
+        ffn: FeedForward | None = None,
+        ffn_norm: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        # The wiring, decided here and nowhere else: the norm before the branch (pre, none) or
+        # after the residual sum (post, deepnorm), and the weight of the residual in that sum.
+        self.norm_first = cfg.norm_placement in ("pre", "none")
+        # DeepNet (Wang et al. 2022): up-weighting the residual keeps post-LN updates bounded.
+        self.alpha = (2 * cfg.n_layers) ** 0.25 if cfg.norm_placement == "deepnorm" else 1.0
+        self.attn = CausalSelfAttention(cfg) if attn is None else attn
+        self.attn_norm = make_norm(cfg) if attn_norm is None else attn_norm
+        self.ffn = FeedForward(cfg) if ffn is None else ffn
+        self.ffn_norm = make_norm(cfg) if ffn_norm is None else ffn_norm
+
+    def forward(
+        self, x: torch.Tensor, cache: KVCache | None = None, trace: Trace | None = None
+    ) -> torch.Tensor:
+        """(B, T, H) -> (B, T, H). `trace`, when given, sees every TRACE_POINT; it changes nothing."""
+        trace = trace or _ignore
+        trace("layer_in", x)
+        x = self._sublayer("attn", x, functools.partial(self.attn, cache=cache), self.attn_norm, trace)
+        x = self._sublayer("ffn", x, self.ffn, self.ffn_norm, trace)
+        trace("layer_out", x)
+        return x
+
+    def _sublayer(self, name: str, x: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor],
+                  norm: nn.Module, trace: Trace) -> torch.Tensor:
+        residual = x if self.alpha == 1.0 else self.alpha * x
+        trace(f"{name}_residual", residual)
+        if self.norm_first:  # x + f(LN(x))
+            trace(f"{name}_norm_in", x)
+            h = norm(x)
+            trace(f"{name}_norm_out", h)
+            branch = f(h)
+            trace(f"{name}_branch", branch)
+            out = residual + branch
+        else:  # LN(alpha * x + f(x))
+            branch = f(x)
+            trace(f"{name}_branch", branch)
+            s = residual + branch
+            trace(f"{name}_norm_in", s)
+            out = norm(s)
+            trace(f"{name}_norm_out", out)
+        trace(f"{name}_stream", out)
+        return out
