@@ -6,7 +6,7 @@
 # Needs torch (CUDA), numpy, pyyaml, tokenizers, safetensors, tqdm, tensorboard; not `datasets`:
 # the batches are synthetic (random tokens of the config's padded 50257-token vocabulary), like
 # nanoGPT's bench.py, so the figures compare with its 453k / 473k / 487k tokens/s at batch
-# 16 / 32 / 64 on an H100 (DESIGN.md section 7).
+# 16 / 32 / 64 on an H100 (docs/design.md section 8).
 # What runs: bf16 autocast, SDPA (flash) attention, fused AdamW, torch.compile, one optimizer
 # step per micro-batch of B x 1024 tokens, B = 16, 32, 64, each in its own process so every
 # batch size compiles static shapes. Then peak memory of the shared model (1 block applied 12

@@ -78,7 +78,7 @@ def test_quickstart_is_offline_post_ln_and_all_shared():
 
 
 def test_shakespeare_recipes_match_nanogpt():
-    """The CPU and GPU Shakespeare configs carry nanoGPT's recipe sizes (DESIGN.md 7), char-level."""
+    """The CPU and GPU Shakespeare configs carry nanoGPT's recipe sizes (docs/design.md 8), char-level."""
     cpu = _load(CONFIG_DIR / "shakespeare_char_cpu.yaml")
     gpu = _load(CONFIG_DIR / "shakespeare_char.yaml")
     m, t = cpu.model, cpu.train

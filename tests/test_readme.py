@@ -67,3 +67,28 @@ def test_every_albert_gpt_command_in_the_readme_parses():
         assert args.command == command[1]
         if args.command == "train" and not args.resume:
             assert (ROOT / args.config).is_file(), command
+
+
+def test_where_things_are_names_every_package_folder():
+    """Every folder of the package has its row in the README's "Where things are" table and a
+    line in docs/design.md's layer picture, and no row names a folder that is gone."""
+    section = README.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `albert_gpt/(\w+)/` \|", section, flags=re.M))
+    folders = {p.parent.name for p in (ROOT / "albert_gpt").glob("*/__init__.py")}
+    assert rows == folders
+    design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    layers = design.split("## 2.", 1)[1].split("## 3.", 1)[0]
+    for folder in folders:
+        assert re.search(rf"^\s+\d\s+{folder}/", layers, flags=re.M), folder
+
+
+def test_every_subcommand_has_a_one_line_help():
+    """`albert-gpt --help` lists each subcommand with its one-line help, bench and study among them."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    helps = {choice.dest: choice.help for choice in sub._choices_actions}
+    assert {"info", "prepare", "train", "eval", "generate", "sweep", "report", "bench", "study"} <= set(helps)
+    assert all(h and "\n" not in h for h in helps.values()), helps
+    text = parser.format_help()
+    for name, help_text in helps.items():
+        assert re.search(rf"^\s+{name}\s+{re.escape(help_text[:30])}", text, flags=re.M), name

@@ -16,7 +16,7 @@ from albert_gpt.errors import ConfigError
 class LayerNorm(nn.Module):
     """Layer normalization (Ba et al. 2016) over the last dimension of each token.
 
-    `impl="reference"` runs the formula exactly as written in DESIGN.md section 2;
+    `impl="reference"` runs the formula exactly as written in docs/design.md section 3;
     `impl="fused"` runs torch.nn.functional.layer_norm. A test holds the two equal.
     """
 

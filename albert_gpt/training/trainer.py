@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -41,6 +41,10 @@ from albert_gpt.training.step import NonFiniteGuard, train_step
 from albert_gpt.training.sysinfo import peak_memory_mb
 from albert_gpt.training.unigram import unigram_perplexity
 
+if TYPE_CHECKING:  # imported for real inside build_run: the data stack pulls in `datasets`
+    from albert_gpt.data.batches import RandomWindowSampler
+    from albert_gpt.data.pipeline import PreparedData
+
 log = logging.getLogger("albert_gpt")
 
 VAL_TAGS = ("val/loss", "val/perplexity", "val/bits_per_byte")
@@ -61,8 +65,8 @@ class Run:
     eval_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    data: Any  # albert_gpt.data.pipeline.PreparedData
-    sampler: Any  # albert_gpt.data.batches.RandomWindowSampler
+    data: PreparedData
+    sampler: RandomWindowSampler
     total: int  # optimizer steps of the whole run
     tokens_per_step: int  # global: all ranks together
     unigram_ppl: float
@@ -100,7 +104,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
 def _train(cfg: Config, resume: bool, info: DistInfo) -> dict[str, Any]:
     started = time.perf_counter()
     run = build_run(cfg, resume, info)
-    guard = NonFiniteGuard(run.cfg.train.max_skipped_steps)
+    cfg = run.cfg  # resolved: model.vocab_size filled in from the tokenizer
+    guard = NonFiniteGuard(cfg.train.max_skipped_steps)
     meter = IntervalMeter(run.device)
     state = State()
     checkpoint_path = ckpt.find_latest(run.run_dir) if resume else None
@@ -111,16 +116,16 @@ def _train(cfg: Config, resume: bool, info: DistInfo) -> dict[str, Any]:
     main = run.dist.is_main
     # Written only now: a checkpoint that does not fit the config must leave the run's own config intact.
     if main:
-        save_config(run.cfg, run.run_dir / ckpt.CONFIG_FILE)
+        save_config(cfg, run.run_dir / ckpt.CONFIG_FILE)
         run.data.tokenizer.save(run.run_dir / ckpt.TOKENIZER_FILE)
 
-    logger = MetricsLogger(run.run_dir, run.cfg.log.tensorboard, resume_step=state.step if resume else None) \
+    logger = MetricsLogger(run.run_dir, cfg.log.tensorboard, resume_step=state.step if resume else None) \
         if main else distributed.NullMetrics()
-    logger.text("config", _as_code(dump_config(run.cfg)), state.step)
-    progress = Progress(run.total, state.step, run.cfg.log.progress and main)
+    logger.text("config", _as_code(dump_config(cfg)), state.step)
+    progress = Progress(run.total, state.step, cfg.log.progress and main)
     try:
         with StopRequest() as stop, logging_redirect_tqdm(), batch_source(
-                run.sampler, run.cfg.train.grad_accum_steps, state.step, run.total, run.device) as fetch:
+                run.sampler, cfg.train.grad_accum_steps, state.step, run.total, run.device) as fetch:
             _loop(run, state, guard, meter, logger, progress, stop, fetch)
             progress.close()
             if stop.requested and state.step < run.total:
@@ -308,6 +313,7 @@ def _evaluate(run: Run, state: State, logger: MetricsLogger) -> None:
 
 def _checkpoint(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter,
                 val_loss: float | None) -> None:
+    cfg = run.cfg
     train_state = {
         "step": state.step,
         "tokens": state.tokens,
@@ -319,8 +325,8 @@ def _checkpoint(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMe
         "meter": meter.state_dict(),
         "best_val_loss": state.best_val_loss,
         # The schedule and the batches are pure functions of the step; recorded for inspection.
-        "schedule": {"name": run.cfg.train.schedule, "total_steps": run.total},
-        "sampler": {"seed": run.cfg.run.seed, "next_step": state.step},
+        "schedule": {"name": cfg.train.schedule, "total_steps": run.total},
+        "sampler": {"seed": cfg.run.seed, "next_step": state.step},
     }
     # Collectives first (every rank takes part), then rank 0 writes; the broadcast of the path
     # holds the other ranks until the checkpoint is complete.
@@ -328,8 +334,8 @@ def _checkpoint(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMe
     model_state = dist_checkpoint.model_state_for_checkpoint(run.model, run.dist)
     path = None
     if run.dist.is_main:
-        path = ckpt.save_checkpoint(run.run_dir, state.step, run.model, train_state, run.cfg,
-                                    run.run_dir / ckpt.TOKENIZER_FILE, run.cfg.train.keep_checkpoints,
+        path = ckpt.save_checkpoint(run.run_dir, state.step, run.model, train_state, cfg,
+                                    run.run_dir / ckpt.TOKENIZER_FILE, cfg.train.keep_checkpoints,
                                     val_loss, model_state=model_state)
     state.last_checkpoint = distributed.broadcast_object(str(path) if path is not None else None)
 
