@@ -8,9 +8,7 @@ README's key table come from one place.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,11 @@ from typing import Any, Literal
 import yaml
 
 from albert_gpt.errors import ConfigError
+from albert_gpt.typed_values import check_field, coerce, short_repr, unknown_key
+
+# Upper bounds on sizes: far above anything trainable here, low enough that a typo (1e9 layers)
+# is refused at once instead of hanging while the model is built.
+MAX_DEPTH, MAX_WIDTH, MAX_CONTEXT, MAX_VOCAB, MAX_BATCH = 4096, 65_536, 1 << 20, 4_294_967_295, 1 << 20
 
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
@@ -40,7 +43,7 @@ def opt(default: Any, help: str, **constraints: Any) -> Any:
 
 @dataclass
 class RunConfig:
-    name: str = opt("run", "run directory name under out_dir")
+    name: str = opt("run", "run directory name under out_dir (one plain folder name)", path_name=True)
     out_dir: str = opt("runs", "parent folder of run directories")
     seed: int = opt(1337, "one seed for init, data order and dropout", min=0)
     device: Device = opt("auto", "auto (cuda if available) | cpu | cuda")
@@ -49,27 +52,29 @@ class RunConfig:
         "auto (bfloat16 where the device runs it fast, else float32) | float32 | bfloat16 | float16"
     )
     compile: bool = opt(False, "wrap the model in torch.compile")
-    threads: int = opt(0, "CPU threads for torch (0 = torch's default)", min=0)
+    threads: int = opt(0, "CPU threads for torch (0 = torch's default)", min=0, max=1024)
     overwrite: bool = opt(False, "allow training into an existing run directory, replacing it")
     parallel: Parallel = opt("ddp", "multi-process strategy under torchrun: ddp | fsdp")
 
 
 @dataclass
 class ModelConfig:
-    n_layers: int = opt(6, "layer applications (depth)", min=1)
+    n_layers: int = opt(6, "layer applications (depth)", min=1, max=MAX_DEPTH)
     n_groups: int = opt(1, "distinct blocks shared across depth (1 = all shared, n_layers = unshared)", min=1)
     sharing: Sharing = opt(
         "all", "what the groups share: all | attention | ffn (the other sub-layer is per layer)"
     )
-    n_embd: int = opt(384, "hidden size H", min=1)
-    n_heads: int = opt(6, "attention heads (must divide n_embd)", min=1)
-    embedding_dim: int | None = opt(None, "token embedding size E (null = n_embd; E < H factorizes)", min=1)
-    block_size: int = opt(256, "context length in tokens", min=1)
-    vocab_size: int | None = opt(None, "vocabulary size (null = taken from the tokenizer)", min=1)
+    n_embd: int = opt(384, "hidden size H", min=1, max=MAX_WIDTH)
+    n_heads: int = opt(6, "attention heads (must divide n_embd)", min=1, max=MAX_WIDTH)
+    embedding_dim: int | None = opt(None, "token embedding size E (null = n_embd; E < H factorizes)", min=1,
+                                  max=MAX_WIDTH)
+    block_size: int = opt(256, "context length in tokens", min=1, max=MAX_CONTEXT)
+    vocab_size: int | None = opt(None, "vocabulary size (null = taken from the tokenizer)", min=1,
+                                max=MAX_VOCAB)
     pad_vocab_multiple: int = opt(
-        1, "round the embedding table up to a multiple of this (64 -> GPU friendly)", min=1
+        1, "round the embedding table up to a multiple of this (64 -> GPU friendly)", min=1, max=MAX_WIDTH
     )
-    ffn_mult: int = opt(4, "FFN width as a multiple of n_embd", min=1)
+    ffn_mult: int = opt(4, "FFN width as a multiple of n_embd", min=1, max=64)
     dropout: float = opt(
         0.0, "dropout on embeddings, attention weights and residual branches", min=0.0, max=0.999
     )
@@ -107,7 +112,7 @@ class DataConfig:
         "replace", "invalid UTF-8: replace (and report the count) | strict (refuse)"
     )
     cache_dir: str = opt("data_cache", "where tokenized corpora are cached")
-    num_proc: int = opt(1, "processes for tokenization", min=1)
+    num_proc: int = opt(1, "processes for tokenization", min=1, max=1024)
 
 
 @dataclass
@@ -121,8 +126,8 @@ class TokenizerConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = opt(12, "sequences per micro-batch", min=1)
-    grad_accum_steps: int = opt(1, "micro-batches per optimizer step", min=1)
+    batch_size: int = opt(12, "sequences per micro-batch", min=1, max=MAX_BATCH)
+    grad_accum_steps: int = opt(1, "micro-batches per optimizer step", min=1, max=MAX_BATCH)
     max_steps: int = opt(2000, "optimizer steps", min=0)
     max_tokens: int | None = opt(None, "stop after this many training tokens (overrides max_steps)", min=1)
     lr: float = opt(1e-3, "peak learning rate", min_exclusive=0.0)
@@ -145,7 +150,8 @@ class TrainConfig:
 class EvalConfig:
     interval: int = opt(250, "steps between evaluations (0 = only at the end)", min=0)
     batches: int = opt(20, "validation batches per evaluation (0 = the whole split)", min=0)
-    batch_size: int | None = opt(None, "evaluation batch size (null = train.batch_size)", min=1)
+    batch_size: int | None = opt(None, "evaluation batch size (null = train.batch_size)", min=1,
+                                max=MAX_BATCH)
     sample_tokens: int = opt(64, "tokens of generated text logged at each evaluation (0 = none)", min=0)
     sample_prompt: str = opt("\n", "prompt for those samples")
 
@@ -182,7 +188,7 @@ SECTIONS: dict[str, type] = {
 }
 
 
-# ---------------------------------------------------------------- coercion
+# ---------------------------------------------------------------- reading
 
 @functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
@@ -190,96 +196,23 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    return "null" if tp is type(None) else tp.__name__
-
-
-def _coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
-    """Convert `value` to type `tp`, or raise ConfigError naming `key`.
-
-    YAML numbers arrive typed; `--set` values arrive as text and are parsed here. A float
-    written as `3e-4` is a string to PyYAML (YAML 1.1), so float fields accept numeric text.
-    """
-    if isinstance(tp, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (from_text and str(value).lower() in ("null", "none", "~")):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0], from_text)
-    if typing.get_origin(tp) is Literal:
-        choices = typing.get_args(tp)
-        if isinstance(value, str) and value in choices:
-            return value
-        raise ConfigError(f"{key}: unknown value {value!r} (choose one of: {', '.join(choices)})")
-    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer() and not from_text:
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                try:
-                    number = float(value)
-                except ValueError:
-                    raise bad from None
-                if number.is_integer():
-                    return int(number)
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if from_text:
-            return str(value)
-        raise bad
-    raise bad
-
-
-def _unknown(key: str, known: list[str]) -> ConfigError:
-    leaf = key.rsplit(".", 1)[-1]
-    prefix = key[: -len(leaf)]
-    match = difflib.get_close_matches(leaf, known, n=1)
-    hint = f" (did you mean {prefix}{match[0]}?)" if match else f" (known: {', '.join(sorted(known))})"
-    return ConfigError(f"unknown config key {key}{hint}")
+def _section_mapping(name: str, values: Any) -> dict[str, Any]:
+    """A section's keys as a plain dict; anything but a mapping (or nothing) is refused."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{name}: expected a mapping of keys, got {short_repr(values)}")
+    return dict(values)
 
 
 def _build_section(name: str, values: Any) -> Any:
-    cls = SECTIONS[name]
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{name}: expected a mapping of keys, got {values!r}")
-    types_ = _field_types(cls)
+    types_ = _field_types(SECTIONS[name])
     kwargs = {}
-    for key, value in values.items():
+    for key, value in _section_mapping(name, values).items():
         if key not in types_:
-            raise _unknown(f"{name}.{key}", list(types_))
-        kwargs[key] = _coerce(f"{name}.{key}", value, types_[key], from_text=False)
-    return cls(**kwargs)
+            raise unknown_key(f"{name}.{key}", list(types_))
+        kwargs[key] = coerce(f"{name}.{key}", value, types_[key], from_text=False)
+    return SECTIONS[name](**kwargs)
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
@@ -290,7 +223,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
     for name in raw:
         if name not in SECTIONS:
-            raise _unknown(str(name), list(SECTIONS))
+            raise unknown_key(name, list(SECTIONS))
     sections = {name: _build_section(name, raw.get(name)) for name in SECTIONS}
     return Config(**sections)
 
@@ -301,7 +234,11 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `section.key=value` strings to a raw mapping, coercing each to its field's type."""
-    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
+    raw = {name: _section_mapping(str(name), values) for name, values in raw.items()}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
@@ -311,12 +248,31 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             raise ConfigError(f"override {item!r}: key must be section.name, e.g. train.lr")
         section, name = key.split(".", 1)
         if section not in SECTIONS:
-            raise _unknown(section, list(SECTIONS))
+            raise unknown_key(section, list(SECTIONS))
         types_ = _field_types(SECTIONS[section])
         if name not in types_:
-            raise _unknown(key, list(types_))
-        raw.setdefault(section, {})[name] = _coerce(key, text, types_[name], from_text=True)
+            raise unknown_key(key, list(types_))
+        raw.setdefault(section, {})[name] = coerce(key, text, types_[name], from_text=True)
     return raw
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document in `path`, or a one-line ConfigError naming the file (and line)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); a config is a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -326,18 +282,15 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or "invalid YAML"
-            raise ConfigError(f"{path}{where}: {problem}") from None
+        raw = read_yaml(path)
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return config_from_dict(apply_overrides(raw, overrides or []))
+    try:
+        return config_from_dict(apply_overrides(raw, overrides or []))
+    except RecursionError:  # a YAML alias that contains itself
+        raise ConfigError(f"{path}: a value refers to itself (recursive YAML alias)") from None
 
 
 def dump_config(cfg: Config) -> str:
@@ -354,28 +307,13 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 # ---------------------------------------------------------------- validation
 
-def _check_field(section: str, f: dataclasses.Field, hint: Any, value: Any) -> None:
-    key, meta = f"{section}.{f.name}", f.metadata
-    if value is None:
-        return
-    if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
-        choices = ", ".join(typing.get_args(hint))
-        raise ConfigError(f"{key}: unknown value {value!r} (choose one of: {choices})")
-    if "min" in meta and value < meta["min"]:
-        raise ConfigError(f"{key}: {value!r} is out of range (must be >= {meta['min']})")
-    if "max" in meta and value > meta["max"]:
-        raise ConfigError(f"{key}: {value!r} is out of range (must be <= {meta['max']})")
-    if "min_exclusive" in meta and value <= meta["min_exclusive"]:
-        raise ConfigError(f"{key}: {value!r} is out of range (must be > {meta['min_exclusive']})")
-
-
 def validate(cfg: Config) -> None:
     """Raise ConfigError (one line, naming the key) for the first problem found."""
     for name in SECTIONS:
         section = getattr(cfg, name)
         hints = _field_types(type(section))
         for f in dataclasses.fields(section):
-            _check_field(name, f, hints[f.name], getattr(section, f.name))
+            check_field(f"{name}.{f.name}", f, hints[f.name], getattr(section, f.name))
     m, d, t = cfg.model, cfg.data, cfg.train
     if m.n_embd % m.n_heads:
         raise ConfigError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_heads ({m.n_heads})")

@@ -13,6 +13,7 @@ from albert_gpt.checkpoint.store import (
     find_latest,
     list_checkpoints,
     load_checkpoint,
+    read_pointer,
     resolve_checkpoint,
     save_checkpoint,
     verify_checkpoint,
@@ -22,6 +23,6 @@ from albert_gpt.checkpoint.weights import unwrap_model
 __all__ = [
     "CONFIG_FILE", "META_FILE", "MODEL_FILE", "STATE_FILE", "TOKENIZER_FILE",
     "capture_rng_state", "check_compatible", "find_latest", "list_checkpoints", "load_checkpoint",
-    "load_for_inference", "resolve_checkpoint", "restore_rng_state", "save_checkpoint", "unwrap_model",
-    "verify_checkpoint",
+    "load_for_inference", "read_pointer", "resolve_checkpoint", "restore_rng_state", "save_checkpoint",
+    "unwrap_model", "verify_checkpoint",
 ]

@@ -33,6 +33,7 @@ from albert_gpt.checkpoint.weights import load_weights, save_weights, unwrap_mod
 from albert_gpt.config import Config, dump_config
 from albert_gpt.data.sources import hash_file
 from albert_gpt.errors import CheckpointError
+from albert_gpt.paths import remove_inside
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _remove_dir(path: Path) -> None:
     # Rename first so that a crash half way through rmtree leaves only a `.tmp-*` directory.
     doomed = path.with_name(f".tmp-delete-{path.name}-{os.getpid()}")
     path.rename(doomed)
-    shutil.rmtree(doomed)
+    remove_inside(doomed, path.parent)  # a symbolic link is removed as a link, never followed
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -170,18 +171,34 @@ def save_checkpoint(
     """
     _check_plain(train_state, "train_state")
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):  # left by a process killed while writing or deleting
-        if stale.is_dir():
-            shutil.rmtree(stale)
-        else:
-            stale.unlink()
     name = f"step_{step:08d}"
     tmp = root / f".tmp-{name}"
-    tmp.mkdir()
-
     if model_state is None:
         model_state = unwrap_model(model).state_dict()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):  # left by a process killed while writing or deleting
+            remove_inside(stale, root)
+        tmp.mkdir()
+        _write_files(tmp, step, model_state, train_state, cfg, tokenizer_path, val_loss)
+        final = root / name
+        if final.exists():  # the same step saved again (e.g. the end of a run after an interval save)
+            _remove_dir(final)
+        tmp.rename(final)
+        _fsync(root)
+        _update_best(root)
+        _write_pointer(root, "latest", name)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(_write_failure(root, name, exc, model_state, train_state)) from None
+    _rotate(root, final, keep)
+    return final
+
+
+def _write_files(tmp: Path, step: int, model_state: dict[str, torch.Tensor], train_state: dict, cfg: Config,
+                 tokenizer_path: Path | None, val_loss: float | None) -> None:
+    """Every file of a checkpoint into `tmp`, the manifest (meta.json) last."""
     save_weights(model_state, tmp / MODEL_FILE)
     torch.save(train_state, tmp / STATE_FILE)
     (tmp / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
@@ -198,16 +215,26 @@ def save_checkpoint(
     _fsync(tmp / META_FILE)
     _fsync(tmp)
 
-    final = root / name
-    if final.exists():  # the same step saved again (e.g. the end of a run after an interval save)
-        _remove_dir(final)
-    tmp.rename(final)
-    _fsync(root)
 
-    _update_best(root)
-    _write_pointer(root, "latest", name)
-    _rotate(root, final, keep)
-    return final
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _write_failure(root: Path, name: str, exc: Exception, model_state: dict, train_state: dict) -> str:
+    """One line: what failed, why, and how much room a checkpoint needs against what is free."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+    needed = (_tensor_bytes(model_state) + _tensor_bytes(train_state)) / 1e6
+    try:
+        free = f"{shutil.disk_usage(root if root.exists() else root.parent).free / 1e6:,.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return f"cannot write checkpoint {name} in {root} ({reason}; about {needed:,.1f} MB needed, {free})"
 
 
 def _update_best(root: Path) -> None:
@@ -233,6 +260,11 @@ def _rotate(root: Path, newest: Path, keep: int) -> None:
 
 # ---------------------------------------------------------------- find and load
 
+def read_pointer(run_dir: Path, pointer: str) -> str | None:
+    """The step directory name the `latest` or `best` pointer of a run names, if readable."""
+    return _read_pointer(Path(run_dir) / "checkpoints", pointer)
+
+
 def _best(run_dir: Path) -> Path | None:
     root = Path(run_dir) / "checkpoints"
     name = _read_pointer(root, "best")
@@ -241,12 +273,14 @@ def _best(run_dir: Path) -> Path | None:
 
 def find_latest(run_dir: Path) -> Path | None:
     """The newest complete checkpoint: the one `latest` names, or, when that is missing or fails
-    verification, the newest earlier one that verifies (with a warning). None when there is none."""
+    verification, the newest earlier one that verifies (with a warning). None when the run has no
+    checkpoint at all; CheckpointError, naming what is wrong with the newest, when none verifies."""
     root = Path(run_dir) / "checkpoints"
     candidates = list_checkpoints(run_dir)
     if not candidates:
         return None
     name = _read_pointer(root, "latest")
+    problems: list[str] = []
     if name is None:
         log.warning("%s is missing or unreadable; looking for the newest complete checkpoint",
                     root / "latest")
@@ -255,6 +289,7 @@ def find_latest(run_dir: Path) -> Path | None:
             verify_checkpoint(root / name)
             return root / name
         except CheckpointError as exc:
+            problems.append(str(exc))
             log.warning("latest checkpoint is unusable: %s; falling back to the previous complete one", exc)
     for path in reversed(candidates):
         if path.name == name:
@@ -262,11 +297,13 @@ def find_latest(run_dir: Path) -> Path | None:
         try:
             verify_checkpoint(path)
         except CheckpointError as exc:
+            problems.append(str(exc))
             log.warning("skipping checkpoint: %s", exc)
             continue
         log.warning("using checkpoint %s", path)
         return path
-    return None
+    others = f" (and {len(problems) - 1} more checkpoint(s) fail too)" if len(problems) > 1 else ""
+    raise CheckpointError(f"no checkpoint in {root} is complete: {problems[0]}{others}")
 
 
 def resolve_checkpoint(run_dir: Path, name: str | None) -> Path:

@@ -4,6 +4,9 @@ per split (`train.bin`, `val.bin`, `test.bin`: raw uint16 or uint32, no header) 
 An entry is built in a temporary sibling directory, `meta.json` is written last (itself through
 a temporary file), and the directory is then renamed into place: a directory without a readable
 `meta.json`, or whose token files do not have the sizes it states, is incomplete and rebuilt.
+`meta.json` also records each token file's sha256, largest id and modification time; a file whose
+time changed is hashed again, and one whose content changed is reported and rebuilt, so tokens
+are never trained on that the pipeline did not write.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from albert_gpt.errors import DataError
 
 log = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 1  # bump when a change alters the tokens written for the same inputs
+PIPELINE_VERSION = 2  # bump when a change alters the tokens (or the metadata) written for the same inputs
 META = "meta.json"
 TOKENIZER = "tokenizer.json"
 
@@ -64,20 +67,47 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def split_record(path: Path, dtype: np.dtype) -> dict[str, Any]:
+    """What meta.json keeps to recognise a token file later: sha256, largest id, size and mtime."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    tokens = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
+    stat = path.stat()
+    return {"sha256": digest.hexdigest(), "max_id": int(tokens.max()) if len(tokens) else -1,
+            "file_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def read_entry(entry: Path, fp: str) -> dict[str, Any] | None:
-    """The entry's metadata when it is complete and matches `fp`, else None."""
+    """The entry's metadata when it is complete, matches `fp` and its token files are the ones it
+    describes; else None (the caller rebuilds it)."""
     try:
         meta = json.loads((entry / META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if meta.get("fingerprint") != fp or not (entry / TOKENIZER).is_file():
-        return None
-    itemsize = np.dtype(meta["dtype"]).itemsize
-    for name, split in meta["splits"].items():
-        path = entry / f"{name}.bin"
-        if not path.is_file() or path.stat().st_size != split["tokens"] * itemsize:
+        if meta.get("fingerprint") != fp or not (entry / TOKENIZER).is_file():
             return None
+        dtype = np.dtype(meta["dtype"])
+        for name, split in meta["splits"].items():
+            if not _split_intact(entry / f"{name}.bin", split, dtype, meta["vocab_size"]):
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
     return meta
+
+
+def _split_intact(path: Path, split: dict[str, Any], dtype: np.dtype, vocab_size: int) -> bool:
+    if not path.is_file() or path.stat().st_size != split["tokens"] * dtype.itemsize:
+        return False
+    if split["max_id"] >= vocab_size:
+        log.warning("token cache %s: ids up to %d for a vocabulary of %d; rebuilding", path, split["max_id"],
+                    vocab_size)
+        return False
+    if path.stat().st_mtime_ns == split["mtime_ns"]:
+        return True  # untouched since it was recorded: no need to read it again
+    if split_record(path, dtype)["sha256"] != split["sha256"]:
+        log.warning("token cache %s was changed after it was built (sha256 differs); rebuilding", path)
+        return False
+    return True
 
 
 def open_split(entry: Path, name: str, meta: dict[str, Any]) -> TokenSplit:

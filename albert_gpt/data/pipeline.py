@@ -97,8 +97,12 @@ def _build(cfg: Config, out: Path, fp: str, progress: bool) -> dict[str, Any]:
     for name in SPLITS:
         counts = pack_split(splits.documents[name], tokenizer, out / f"{name}.bin", dtype,
                             separate=not d.join_rows, num_proc=d.num_proc, desc=f"tokenizing {name}")
+        record = cache.split_record(out / f"{name}.bin", dtype)
+        if record["max_id"] >= tokenizer.vocab_size:
+            raise DataError(f"tokenizing {name}: id {record['max_id']} is outside the tokenizer's "
+                            f"{tokenizer.vocab_size} ids (a tokenizer.json with gaps in its ids?)")
         per_split[name] = {"documents": counts.n_documents, "characters": counts.n_chars,
-                           "bytes": counts.n_bytes, "tokens": counts.tokens}
+                           "bytes": counts.n_bytes, "tokens": counts.tokens, **record}
         if name == "train" and counts.tokens == 0:
             raise DataError(f"empty corpus: {source.description} has no text in its training split")
     t2 = time.perf_counter()

@@ -96,6 +96,14 @@ class TextTokenizer:
         encodings = encode(texts, add_special_tokens=False)
         return [e.ids for e in encodings]
 
+    def unknown_characters(self, text: str) -> list[str]:
+        """The distinct characters of `text` this tokenizer maps to its unknown id (a char vocabulary
+        knows only the training split's characters; byte-level BPE knows every string)."""
+        if not isinstance(self._backend, CharVocab):
+            return []
+        known = set(self._backend.chars)
+        return sorted({c for c in text if c not in known})
+
     def decode(self, ids: Sequence[int]) -> str:
         ids = [int(i) for i in ids]
         if isinstance(self._backend, CharVocab):

@@ -196,7 +196,21 @@ def evaluate_run(
     )
     meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))  # verified by resolve_checkpoint
     return {**result, "split": split, "stride": stride or block_size, "checkpoint": path.name,
-            "step": meta.get("step")}
+            "step": meta.get("step"), "note": fallback_note(run_dir, checkpoint, path)}
+
+
+def fallback_note(run_dir: Path, asked: str | None, used: Path) -> str | None:
+    """Why the checkpoint used is not the one the `best` / `latest` pointer names (it failed
+    verification and an older one was taken); None when it is the one asked for."""
+    from albert_gpt.checkpoint import read_pointer
+
+    if asked not in (None, "latest"):
+        return None  # a checkpoint named explicitly is verified or refused, never replaced
+    pointer = "best" if asked is None and read_pointer(run_dir, "best") else "latest"
+    named = read_pointer(run_dir, pointer)
+    if named and named != used.name:
+        return f"{pointer} names {named}, which failed verification; used {used.name} instead"
+    return None
 
 
 def format_eval(result: dict[str, Any]) -> str:
@@ -210,4 +224,6 @@ def format_eval(result: dict[str, Any]) -> str:
         f"perplexity     {result['perplexity']:.3f}",
         f"bits per byte  {'-' if bpb is None else f'{bpb:.4f}'}",
     ]
+    if result.get("note"):
+        lines.append(f"note           {result['note']}")
     return "\n".join(lines)

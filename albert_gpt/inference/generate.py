@@ -62,6 +62,11 @@ class StreamDecoder:
 
 def encode_prompt(tokenizer: TextTokenizer, prompt: str, block_size: int) -> list[int]:
     """Prompt ids, the eot token for an empty prompt, cropped from the left to the context."""
+    unknown = tokenizer.unknown_characters(prompt)
+    if unknown:
+        shown = ", ".join(repr(c) for c in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        log.warning("prompt: %d character(s) the tokenizer never saw in training (%s) are given to the model "
+                    "as the unknown token", len(unknown), shown)
     ids = tokenizer.encode(prompt) if prompt else []
     if not ids:
         return [tokenizer.eot_id]

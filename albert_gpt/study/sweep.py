@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from albert_gpt.config import Config, apply_overrides, load_config
 from albert_gpt.errors import ConfigError, TrainingError
 from albert_gpt.training.metrics import METRICS_FILE, read_metrics
+from albert_gpt.typed_values import check_path_name
 
 log = logging.getLogger("albert_gpt")
 
@@ -188,13 +189,16 @@ def load_sweep(path: Path, overrides: list[str] | None = None, out_dir: str | No
     cells, names = [], set()
     for values in chosen:
         name = _cell_name(axes, values)
+        check_path_name(f"{path}: cell name", name)  # it becomes the cell's run directory
         if name in names:
             continue
         names.add(name)
         cells.append(Cell(name=name, axes=values, overrides=[x for a in axes for x in options[a][values[a]]]))
     common = _pairs(f"{path}: set", raw.get("set")) + list(overrides or [])
+    name = str(raw.get("name") or path.stem)
+    check_path_name(f"{path}: name", name)  # it becomes the sweep's directory
     return Sweep(
-        name=str(raw.get("name") or path.stem), path=path, base=base_path,
+        name=name, path=path, base=base_path,
         out_dir=out_dir or str(raw.get("out_dir") or "sweeps"), common=common, axes=axes, cells=cells,
         post_eval=dict(raw.get("post_eval") or {}), report=dict(raw.get("report") or {}),
     )

@@ -7,11 +7,13 @@ scripts can read curves without TensorBoard.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 
@@ -123,9 +125,16 @@ class MetricsLogger:
             self.writer.flush()
 
     def close(self) -> None:
-        self._file.close()
-        if self.writer is not None:
-            self.writer.close()
+        """Close the files. Runs in the trainer's `finally`, so it never raises: a full disk would
+        otherwise replace the error that stopped training with a second, less useful one."""
+        for close in (self._file.close, self.writer.close if self.writer is not None else None):
+            if close is None:
+                continue
+            try:
+                close()
+            except OSError as exc:
+                log.warning("could not finish writing metrics in %s (%s)", self.path.parent,
+                            exc.strerror or exc)
 
     def __enter__(self) -> MetricsLogger:
         return self

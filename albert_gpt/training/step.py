@@ -84,8 +84,9 @@ def train_step(
 class NonFiniteGuard:
     """Counts skipped steps, and stops the run after more than `limit` in a row."""
 
-    def __init__(self, limit: int, total: int = 0, in_a_row: int = 0):
+    def __init__(self, limit: int, total: int = 0, in_a_row: int = 0, grad_clip: float = 0.0):
         self.limit = limit
+        self.grad_clip = grad_clip  # only to advise: clipping is suggested when it is off
         self.total = total
         self.in_a_row = in_a_row
 
@@ -101,6 +102,7 @@ class NonFiniteGuard:
             first = step - self.in_a_row + 1
             raise TrainingError(
                 f"{self.in_a_row} non-finite steps in a row (steps {first}-{step}) is more "
-                f"than train.max_skipped_steps={self.limit}; stopped, {kept}. Lower train.lr, raise "
-                f"train.warmup_steps or set train.grad_clip"
+                f"than train.max_skipped_steps={self.limit}; stopped, {kept}. Lower train.lr"
+                + (" or raise train.warmup_steps" if self.grad_clip > 0 else
+                   ", raise train.warmup_steps or set train.grad_clip (it is 0: off)")
             )

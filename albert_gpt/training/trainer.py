@@ -23,7 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from albert_gpt import checkpoint as ckpt
 from albert_gpt.config import Config, config_to_dict, dump_config, load_config, save_config
 from albert_gpt.data.prefetch import FetchFn, batch_source
-from albert_gpt.errors import ConfigError
+from albert_gpt.errors import CheckpointError, ConfigError, TrainingError
 from albert_gpt.inference.evaluate import evaluate_tokens
 from albert_gpt.inference.generate import generate_text
 from albert_gpt.modeling.counting import count_parameters
@@ -35,7 +35,7 @@ from albert_gpt.training.distributed import DistInfo
 from albert_gpt.training.metrics import MetricsLogger
 from albert_gpt.training.optim import build_optimizer, lr_at, set_lr, total_steps
 from albert_gpt.training.progress import IntervalMeter, Progress
-from albert_gpt.training.rundir import check_run_dir, prepare_run_dir, resume_command
+from albert_gpt.training.rundir import check_run_dir, prepare_run_dir, resume_command, write_run_file
 from albert_gpt.training.signals import StopRequest
 from albert_gpt.training.step import NonFiniteGuard, train_step
 from albert_gpt.training.sysinfo import peak_memory_mb
@@ -105,7 +105,7 @@ def _train(cfg: Config, resume: bool, info: DistInfo) -> dict[str, Any]:
     started = time.perf_counter()
     run = build_run(cfg, resume, info)
     cfg = run.cfg  # resolved: model.vocab_size filled in from the tokenizer
-    guard = NonFiniteGuard(cfg.train.max_skipped_steps)
+    guard = NonFiniteGuard(cfg.train.max_skipped_steps, grad_clip=cfg.train.grad_clip)
     meter = IntervalMeter(run.device)
     state = State()
     checkpoint_path = ckpt.find_latest(run.run_dir) if resume else None
@@ -116,11 +116,11 @@ def _train(cfg: Config, resume: bool, info: DistInfo) -> dict[str, Any]:
     main = run.dist.is_main
     # Written only now: a checkpoint that does not fit the config must leave the run's own config intact.
     if main:
-        save_config(cfg, run.run_dir / ckpt.CONFIG_FILE)
-        run.data.tokenizer.save(run.run_dir / ckpt.TOKENIZER_FILE)
+        write_run_file(run.run_dir / ckpt.CONFIG_FILE, functools.partial(save_config, cfg))
+        write_run_file(run.run_dir / ckpt.TOKENIZER_FILE, run.data.tokenizer.save)
 
-    logger = MetricsLogger(run.run_dir, cfg.log.tensorboard, resume_step=state.step if resume else None) \
-        if main else distributed.NullMetrics()
+    resume_step = state.step if resume else None
+    logger = _open_metrics(run, resume_step) if main else distributed.NullMetrics()
     logger.text("config", _as_code(dump_config(cfg)), state.step)
     progress = Progress(run.total, state.step, cfg.log.progress and main)
     try:
@@ -137,6 +137,13 @@ def _train(cfg: Config, resume: bool, info: DistInfo) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- setup
+
+def _open_metrics(run: Run, resume_step: int | None) -> MetricsLogger:
+    try:
+        return MetricsLogger(run.run_dir, run.cfg.log.tensorboard, resume_step=resume_step)
+    except OSError as exc:
+        raise TrainingError(f"cannot write metrics in {run.run_dir} ({exc.strerror or exc})") from None
+
 
 def build_run(cfg: Config, resume: bool, info: DistInfo | None = None) -> Run:
     """Device, data, model, optimizer and run directory for `cfg` (`info`: this rank under torchrun)."""
@@ -334,9 +341,14 @@ def _checkpoint(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMe
     model_state = dist_checkpoint.model_state_for_checkpoint(run.model, run.dist)
     path = None
     if run.dist.is_main:
-        path = ckpt.save_checkpoint(run.run_dir, state.step, run.model, train_state, cfg,
-                                    run.run_dir / ckpt.TOKENIZER_FILE, cfg.train.keep_checkpoints,
-                                    val_loss, model_state=model_state)
+        try:
+            path = ckpt.save_checkpoint(run.run_dir, state.step, run.model, train_state, cfg,
+                                        run.run_dir / ckpt.TOKENIZER_FILE, cfg.train.keep_checkpoints,
+                                        val_loss, model_state=model_state)
+        except CheckpointError as exc:
+            kept = f"the last good checkpoint is {state.last_checkpoint}" if state.last_checkpoint \
+                else "no checkpoint was written yet"
+            raise TrainingError(f"{exc}; {kept}; make room, then: {resume_command(run.run_dir)}") from None
     state.last_checkpoint = distributed.broadcast_object(str(path) if path is not None else None)
 
 
