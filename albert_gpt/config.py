@@ -238,7 +238,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
-    raw = {name: _section_mapping(str(name), values) for name, values in raw.items()}
+    for name in raw:
+        if name not in SECTIONS:
+            raise unknown_key(name, list(SECTIONS))
+    raw = {name: _section_mapping(name, values) for name, values in raw.items()}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")

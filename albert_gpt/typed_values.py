@@ -147,8 +147,10 @@ def check_path_name(key: str, name: str) -> None:
 def unknown_key(key: Any, known: list[str]) -> ConfigError:
     """The error for a key no section (or no field) has, with the closest known name."""
     key = str(key)
+    if not key.isprintable() or len(key) > 60:  # a stray newline or a pasted blob: show it escaped
+        return ConfigError(f"unknown config key {short_repr(key)} (known: {', '.join(sorted(known))})")
     leaf = key.rsplit(".", 1)[-1]
-    prefix = key[: -len(leaf)] if leaf else key
+    prefix = key[: len(key) - len(leaf)]
     match = difflib.get_close_matches(leaf, known, n=1)
     hint = f" (did you mean {prefix}{match[0]}?)" if match else f" (known: {', '.join(sorted(known))})"
-    return ConfigError(f"unknown config key {short_repr(key) if len(key) > 60 else key}{hint}")
+    return ConfigError(f"unknown config key {key}{hint}")

@@ -15,6 +15,7 @@ Shapes: tensors here are whatever the model's state dict holds; nothing is resha
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -228,13 +229,19 @@ def _tensor_bytes(obj: Any) -> int:
 
 def _write_failure(root: Path, name: str, exc: Exception, model_state: dict, train_state: dict) -> str:
     """One line: what failed, why, and how much room a checkpoint needs against what is free."""
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
-    needed = (_tensor_bytes(model_state) + _tensor_bytes(train_state)) / 1e6
+    needed = _tensor_bytes(model_state) + _tensor_bytes(train_state)
     try:
-        free = f"{shutil.disk_usage(root if root.exists() else root.parent).free / 1e6:,.1f} MB free"
+        free: int | None = shutil.disk_usage(root if root.exists() else root.parent).free
     except OSError:
-        free = "free space unknown"
-    return f"cannot write checkpoint {name} in {root} ({reason}; about {needed:,.1f} MB needed, {free})"
+        free = None
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    elif free is not None and free < needed:  # torch.save words a full disk as a failed position check
+        reason = f"{os.strerror(errno.ENOSPC)} ({str(exc).splitlines()[0].strip()})"
+    else:
+        reason = str(exc).splitlines()[0]
+    room = f"{free / 1e6:,.1f} MB free" if free is not None else "free space unknown"
+    return f"cannot write checkpoint {name} in {root} ({reason}; about {needed / 1e6:,.1f} MB needed, {room})"
 
 
 def _update_best(root: Path) -> None:

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from albert_gpt.errors import TrainingError
+
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -85,7 +87,10 @@ class MetricsLogger:
         # JSON has no NaN/inf; null keeps the line valid and the step visible.
         shown = value if math.isfinite(value) else None
         record = {"step": step, "tag": tag, "value": shown, "wall_time": now}
-        self._file.write(json.dumps(record) + "\n")
+        try:
+            self._file.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise self._failure(exc) from None
         if self.writer is not None:
             self.writer.add_scalar(tag, value, step, walltime=now)
 
@@ -120,9 +125,16 @@ class MetricsLogger:
             self.writer.file_writer.add_summary(summary)
 
     def flush(self) -> None:
-        self._file.flush()
-        if self.writer is not None:
-            self.writer.flush()
+        try:
+            self._file.flush()
+            if self.writer is not None:
+                self.writer.flush()
+        except OSError as exc:
+            raise self._failure(exc) from None
+
+    def _failure(self, exc: OSError) -> TrainingError:
+        return TrainingError(f"cannot write metrics to {self.path} ({exc.strerror or exc}); make room, then "
+                             f"resume from the last checkpoint: albert-gpt train {self.path.parent} --resume")
 
     def close(self) -> None:
         """Close the files. Runs in the trainer's `finally`, so it never raises: a full disk would

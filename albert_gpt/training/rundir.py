@@ -23,6 +23,14 @@ def holds_run(run_dir: Path) -> bool:
 
 def check_run_dir(cfg: Config, resume: bool) -> Path:
     """RUN_DIR, after checking (without writing anything) that training into it is allowed."""
+    try:
+        return _check_run_dir(cfg, resume)
+    except OSError as exc:  # e.g. a path component too long for the file system
+        raise TrainingError(f"run directory {cfg.run_dir}: unusable ({_reason(exc)}); "
+                            "choose another run.out_dir or --set run.name=...") from None
+
+
+def _check_run_dir(cfg: Config, resume: bool) -> Path:
     run_dir, out_dir = cfg.run_dir, Path(cfg.run.out_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise TrainingError(f"run directory {run_dir} is a file; choose another --set run.name=... "
