@@ -362,3 +362,27 @@ def test_divergence_advice_matches_the_config(grad_clip, advises):
         guard.record(5, skipped=True, last_checkpoint=None)
     assert ("set train.grad_clip" in str(info.value)) == advises
     assert "Lower train.lr" in str(info.value)
+
+
+# ---------------------------------------------------------------- what held before, kept
+
+
+def test_python_yaml_tags_never_run(tmp_path, capsys):
+    """A config carrying `!!python/object/apply` is refused by safe_load; the payload never runs."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"run:\n  name: !!python/object/apply:os.system ['touch {marker}']\n")
+    expect_error(capsys, "info", str(path), says=(str(path), "line 2"))
+    assert not marker.exists()
+
+
+def test_two_concurrent_prepares_agree(tmp_path):
+    """Two processes building the same token cache at once both succeed, on one entry."""
+    config = write_config(tmp_path)
+    procs = [subprocess.Popen([sys.executable, "-m", "albert_gpt", "prepare", str(config)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    entry = _cache_entry(tmp_path)
+    assert json.loads((entry / "meta.json").read_text())["splits"]["train"]["tokens"] > 0
+    assert not [p for p in (tmp_path / "cache").iterdir() if ".tmp-" in p.name]
