@@ -30,6 +30,7 @@ Sharing = Literal["all", "attention", "ffn"]
 NormKind = Literal["layernorm", "rmsnorm", "batchnorm", "adaptive_layernorm", "none"]
 NormPlacement = Literal["post", "pre", "deepnorm", "none"]
 NormImpl = Literal["fused", "reference"]
+BatchStats = Literal["per_depth", "shared"]
 DataSource = Literal["builtin", "files", "hub"]
 EncodingErrors = Literal["replace", "strict"]
 TokenizerType = Literal["bpe", "char", "pretrained"]
@@ -81,6 +82,14 @@ class ModelConfig:
     bias: bool = opt(True, "biases in linear layers")
     norm: NormKind = opt("layernorm", "layernorm | rmsnorm | batchnorm | adaptive_layernorm | none")
     norm_placement: NormPlacement = opt("post", "post (x = LN(x + f(x))) | pre | deepnorm | none")
+    final_norm: bool = opt(
+        True, "normalize the stream before the LM head (post-LN and DeepNorm blocks end in a norm "
+        "already, so this adds one only for pre and none)"
+    )
+    batch_stats: BatchStats = opt(
+        "per_depth", "batchnorm in a shared block: per_depth (each application keeps its own running "
+        "statistics; gamma and beta stay shared) | shared (one set for every depth)"
+    )
     norm_affine: bool = opt(True, "learnable gamma and beta in the norms")
     norm_eps: float = opt(1e-5, "epsilon inside the square root of the norms", min_exclusive=0.0)
     norm_impl: NormImpl = opt(

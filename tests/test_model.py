@@ -91,9 +91,9 @@ def test_deepnorm_block_follows_its_formula():
 
 
 def test_placement_none_has_no_norms():
-    """`norm_placement: none` builds no norm parameters at all and computes x + f(x)."""
+    """`norm_placement: none`, `final_norm: false`: no norm parameters at all, and x + f(x)."""
     torch.manual_seed(0)
-    model = AlbertGPT(tiny(norm_placement="none"))
+    model = AlbertGPT(tiny(norm_placement="none", final_norm=False))
     assert not any("norm" in name for name, _ in model.named_parameters())
     block = model.blocks[0].eval()
     x = torch.randn(1, T, H)
@@ -289,3 +289,35 @@ def test_state_dict_round_trip_preserves_outputs():
     assert not torch.allclose(a(idx)[0], b(idx)[0])
     b.load_state_dict(a.state_dict())
     torch.testing.assert_close(a(idx)[0], b(idx)[0])
+
+
+@pytest.mark.parametrize("placement", ["none", "pre"])
+def test_final_norm_normalizes_the_stream_before_the_head(placement):
+    """final_norm true (the default) puts a LayerNorm between the last application and the head; false
+    hands the raw stream to the head. Both are checked against the head applied by hand."""
+    torch.manual_seed(0)
+    on = AlbertGPT(tiny(norm_placement=placement)).eval()
+    off = AlbertGPT(tiny(norm_placement=placement, final_norm=False)).eval()
+    assert sum(p.numel() for p in on.final_norm.parameters()) == 2 * H
+    assert isinstance(off.final_norm, nn.Identity)
+    assert sum(p.numel() for p in on.parameters()) - sum(p.numel() for p in off.parameters()) == 2 * H
+    _randomize_norms(on)
+    off.load_state_dict({k: v for k, v in on.state_dict().items() if not k.startswith("final_norm.")})
+    idx = torch.randint(0, V, (2, T))
+    stream = on.layer_outputs(idx)[-1]
+    torch.testing.assert_close(on(idx)[0], F.linear(on.final_norm(stream), on.tok_emb.weight))
+    torch.testing.assert_close(off(idx)[0], F.linear(stream, on.tok_emb.weight))
+    expected = F.layer_norm(stream, (H,), on.final_norm.weight, on.final_norm.bias)
+    torch.testing.assert_close(on.final_norm(stream), expected)
+
+
+@pytest.mark.parametrize("placement", ["post", "deepnorm"])
+def test_final_norm_adds_nothing_where_blocks_end_in_a_norm(placement):
+    """Post-LN and DeepNorm blocks already hand the head a normalized stream: the flag changes nothing."""
+    torch.manual_seed(0)
+    on = AlbertGPT(tiny(norm_placement=placement, final_norm=True)).eval()
+    torch.manual_seed(0)
+    off = AlbertGPT(tiny(norm_placement=placement, final_norm=False)).eval()
+    assert isinstance(on.final_norm, nn.Identity)
+    idx = torch.randint(0, V, (2, T))
+    assert torch.equal(on(idx)[0], off(idx)[0])

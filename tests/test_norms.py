@@ -164,3 +164,68 @@ def test_build_norm_none_is_identity_and_dim_overrides_width():
     norm = build_norm(dataclasses.replace(cfg, norm_eps=1e-3, norm_impl="reference"), dim=8)
     assert (norm.dim, norm.eps, norm.impl) == (8, 1e-3, "reference")
     assert norm.weight.shape == (8,)
+
+
+def _bn_model(batch_stats: str, n_layers: int = 3):
+    from albert_gpt.config import ModelConfig
+    from albert_gpt.modeling.model import AlbertGPT
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_layers=n_layers, n_groups=1, n_embd=8, n_heads=2, block_size=6, vocab_size=11,
+                      norm="batchnorm", batch_stats=batch_stats)
+    return AlbertGPT(cfg)
+
+
+def test_per_depth_batchnorm_keeps_each_applications_statistics():
+    """A shared block's BatchNorm applied at 3 depths keeps 3 sets of running statistics, each the
+    momentum update of its own depth's input, while gamma and beta are one pair of Parameters."""
+    model = _bn_model("per_depth")
+    norms = [model.blocks[i].attn_norm for i in model.schedule]
+    assert len({id(n) for n in norms}) == 3
+    assert len({id(n.bn.weight) for n in norms}) == 1 and len({id(n.bn.bias) for n in norms}) == 1
+    assert all(model.blocks[i].attn is model.blocks[0].attn for i in model.schedule)
+    seen = []
+    handles = [n.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach())) for n in norms]
+    idx = torch.randint(0, 11, (4, 6))
+    model.train()(idx)
+    for h in handles:
+        h.remove()
+    for norm, x in zip(norms, seen):
+        flat = x.reshape(-1, 8)
+        torch.testing.assert_close(norm.bn.running_mean, 0.1 * flat.mean(0))
+        torch.testing.assert_close(norm.bn.running_var, 0.9 + 0.1 * flat.var(0, unbiased=True))
+    assert not torch.allclose(norms[0].bn.running_mean, norms[2].bn.running_mean)
+    # unique parameters: gamma and beta counted once although three modules hold them
+    shared = _bn_model("shared")
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in shared.parameters())
+
+
+def test_shared_batchnorm_mixes_the_depths_statistics():
+    """With batch_stats: shared, one module is applied at every depth: its running mean is three
+    momentum updates, one per application, in depth order."""
+    model = _bn_model("shared")
+    norm = model.blocks[0].attn_norm
+    assert len(model.blocks) == 1 and model.schedule == [0, 0, 0]
+    seen = []
+    handle = norm.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach()))
+    model.train()(torch.randint(0, 11, (4, 6)))
+    handle.remove()
+    expected = torch.zeros(8)
+    for x in seen:
+        expected = 0.9 * expected + 0.1 * x.reshape(-1, 8).mean(0)
+    assert len(seen) == 3
+    torch.testing.assert_close(norm.bn.running_mean, expected)
+
+
+def test_per_depth_batchnorm_round_trips_through_a_checkpoint(tmp_path):
+    """The per-depth statistics and the tied gamma / beta survive save and load; eval outputs match."""
+    from albert_gpt.checkpoint.weights import load_strict, load_weights, save_weights
+
+    model = _bn_model("per_depth")
+    model.train()(torch.randint(0, 11, (4, 6)))
+    save_weights(model.state_dict(), tmp_path / "m.safetensors")
+    fresh = _bn_model("per_depth")
+    load_strict(fresh, load_weights(tmp_path / "m.safetensors"), tmp_path)
+    assert fresh.blocks[1].attn_norm.bn.weight is fresh.blocks[0].attn_norm.bn.weight
+    idx = torch.randint(0, 11, (2, 6))
+    assert torch.equal(fresh.eval()(idx)[0], model.eval()(idx)[0])

@@ -44,7 +44,7 @@ def _row(component: str, params: int, applications: int = 1) -> dict[str, Any]:
 
 def _block_rows(model: AlbertGPT) -> list[dict[str, Any]]:
     """One row per distinct block, or per distinct sub-layer (with its norm) when sharing is partial."""
-    if model.cfg.sharing == "all":
+    if model.cfg.sharing == "all" and len(model.blocks) == model.cfg.n_groups:
         rows = []
         for i, block in enumerate(model.blocks):
             depths = [d for d, b in enumerate(model.schedule) if b == i]
@@ -56,7 +56,7 @@ def _block_rows(model: AlbertGPT) -> list[dict[str, Any]]:
         for kind, parts in (("attention", (block.attn, block.attn_norm)),
                             ("ffn", (block.ffn, block.ffn_norm))):
             units.setdefault((kind, id(parts[0])), [list(parts), []])[1].append(depth)
-    shared_kind = "attention" if model.cfg.sharing == "attention" else "ffn"
+    shared_kind = "ffn" if model.cfg.sharing == "ffn" else "attention"
     rows = []
     for key in sorted(units, key=lambda k: (k[0] != shared_kind, units[k][1][0])):
         kind, (parts, depths) = key[0], units[key]

@@ -31,6 +31,12 @@ def padded_vocab_size(cfg: ModelConfig) -> int:
     return -(-cfg.vocab_size // m) * m
 
 
+def needs_final_norm(cfg: ModelConfig) -> bool:
+    """A norm before the head when `model.final_norm` asks for a normalized stream there and the
+    blocks do not already end in one (post-LN and DeepNorm do; pre-LN and none do not)."""
+    return cfg.final_norm and cfg.norm_placement in ("pre", "none")
+
+
 class AlbertGPT(nn.Module):
     """Token (+ factorization) and position embeddings, the shared stack, a tied LM head."""
 
@@ -47,8 +53,7 @@ class AlbertGPT(nn.Module):
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks, self.schedule = build_stack(cfg)
-        # Post-LN and DeepNorm blocks already end in a norm; pre-LN needs one before the head.
-        self.final_norm = build_norm(cfg) if cfg.norm_placement == "pre" else nn.Identity()
+        self.final_norm = build_norm(cfg) if needs_final_norm(cfg) else nn.Identity()
         # The head reuses tok_emb's weight; when E < H it first projects H -> E.
         self.head_proj = nn.Linear(cfg.n_embd, E, bias=cfg.bias) if factorized else None
         self.reset_parameters()

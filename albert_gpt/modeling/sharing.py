@@ -7,6 +7,7 @@ from torch import nn
 from albert_gpt.config import ModelConfig
 from albert_gpt.modeling.block import Block, make_norm
 from albert_gpt.modeling.layers import CausalSelfAttention, FeedForward
+from albert_gpt.modeling.norms import SequenceBatchNorm
 
 
 def build_stack(cfg: ModelConfig) -> tuple[nn.ModuleList, list[int]]:
@@ -14,9 +15,12 @@ def build_stack(cfg: ModelConfig) -> tuple[nn.ModuleList, list[int]]:
 
     ALBERT's grouping: layer i belongs to group i * n_groups // n_layers. With sharing "all"
     the blocks are the groups. With "attention" or "ffn" every layer gets its own Block whose
-    shared sub-layer (with its norm) is the same module object across the group.
+    shared sub-layer (with its norm) is the same module object across the group. BatchNorm with
+    per-depth statistics in a block applied more than once also gets a Block per layer (below).
     """
     groups = [i * cfg.n_groups // cfg.n_layers for i in range(cfg.n_layers)]
+    if per_depth_batch_stats(cfg):
+        return _per_depth_norm_stack(cfg, groups), list(range(cfg.n_layers))
     if cfg.sharing == "all":
         return nn.ModuleList(Block(cfg) for _ in range(cfg.n_groups)), groups
     if cfg.sharing == "attention":
@@ -26,3 +30,40 @@ def build_stack(cfg: ModelConfig) -> tuple[nn.ModuleList, list[int]]:
         shared = [(FeedForward(cfg), make_norm(cfg)) for _ in range(cfg.n_groups)]
         blocks = [Block(cfg, ffn=shared[g][0], ffn_norm=shared[g][1]) for g in groups]
     return nn.ModuleList(blocks), list(range(cfg.n_layers))
+
+
+def per_depth_batch_stats(cfg: ModelConfig) -> bool:
+    """BatchNorm whose running statistics must be kept per application: some norm is applied at
+    several depths (a shared block), and `model.batch_stats` asks for per-depth statistics."""
+    return (cfg.norm == "batchnorm" and cfg.norm_placement != "none" and cfg.batch_stats == "per_depth"
+            and cfg.n_groups < cfg.n_layers)
+
+
+def _per_depth_norm_stack(cfg: ModelConfig, groups: list[int]) -> nn.ModuleList:
+    """One Block per layer application. The group's sub-layers are shared as configured, and so are
+    its norms' gamma and beta (the same Parameter objects); each application's BatchNorm keeps its
+    own running mean and variance, so evaluation normalizes each depth with its own statistics."""
+    first: dict[int, Block] = {}
+    blocks = []
+    for g in groups:
+        if g not in first:
+            first[g] = Block(cfg)
+            blocks.append(first[g])
+            continue
+        owner = first[g]
+        shared_attn = cfg.sharing in ("all", "attention")
+        shared_ffn = cfg.sharing in ("all", "ffn")
+        block = Block(cfg, attn=owner.attn if shared_attn else None, ffn=owner.ffn if shared_ffn else None)
+        for name, shared in (("attn_norm", shared_attn), ("ffn_norm", shared_ffn)):
+            if shared:
+                _share_affine(getattr(block, name), getattr(owner, name))
+            else:
+                setattr(block, name, make_norm(cfg))
+        blocks.append(block)
+    return nn.ModuleList(blocks)
+
+
+def _share_affine(norm: nn.Module, owner: nn.Module) -> None:
+    """Make `norm` use `owner`'s gamma and beta, keeping its own running statistics."""
+    assert isinstance(norm, SequenceBatchNorm) and isinstance(owner, SequenceBatchNorm)
+    norm.bn.weight, norm.bn.bias = owner.bn.weight, owner.bn.bias
