@@ -118,6 +118,21 @@ def cmd_grad_at_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_claim(args: argparse.Namespace) -> int:
+    from albert_gpt.study.claims.ledger import run_claim, write_ledger
+    from albert_gpt.study.claims.registry import all_claims, get_claim
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    names = [c.name for c in all_claims()] if args.claim == "all" else [] if args.claim == "ledger" \
+        else [get_claim(args.claim).name]
+    for name in names:
+        path = run_claim(get_claim(name), size=args.size, workers=args.workers, work_dir=Path(args.work_dir))
+        log.info("claim %s: results in %s", name, path)
+    print(f"wrote {write_ledger(all_claims())}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="albert-gpt", description="Train and study post-LN, parameter-shared GPT models."
@@ -195,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=3, help="training batches averaged per init")
     p.add_argument("--out", default="sweeps/e1_grad_at_init", help="folder for e1.json, e1.md, the figure")
     p.set_defaults(func=cmd_grad_at_init)
+    p = experiments.add_parser("claim", help="one row of the claims ledger (docs/claims.md), or all of them")
+    p.add_argument("claim", help="a claim's letter or name, `all`, or `ledger` (rewrite docs/claims.md only)")
+    p.add_argument("--size", default="cpu", choices=("cpu", "gpu"), help="cpu: 10 minutes or less on 2 cores")
+    p.add_argument("--workers", type=int, default=2, help="cells measured side by side, one thread each")
+    p.add_argument("--work-dir", default="claims_runs", help="where measured cells are kept (resumable)")
+    p.set_defaults(func=cmd_claim)
     return parser
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from albert_gpt.config import ModelConfig
 from albert_gpt.modeling.layers import CausalSelfAttention, FeedForward, KVCache
-from albert_gpt.modeling.norms import build_norm
+from albert_gpt.modeling.norms import SequenceBatchNorm, build_norm
 
 # trace(point, tensor): told about each tensor at TRACE_POINTS of one layer application.
 Trace = Callable[[str, torch.Tensor], None]
@@ -39,6 +39,14 @@ def _ignore(point: str, tensor: torch.Tensor) -> None:
 def make_norm(cfg: ModelConfig) -> nn.Module:
     """A block's norm: the configured kind, or the identity when the placement is `none`."""
     return nn.Identity() if cfg.norm_placement == "none" else build_norm(cfg)
+
+
+def _masked(norm: nn.Module, valid: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The norm as a function of x; a BatchNorm given the padding mask takes its statistics from real
+    tokens only (per-token norms never look at other tokens, so they need no mask)."""
+    if valid is not None and isinstance(norm, SequenceBatchNorm):
+        return functools.partial(norm, valid=valid)
+    return norm
 
 
 class Block(nn.Module):
@@ -73,18 +81,21 @@ class Block(nn.Module):
         self.ffn_norm = make_norm(cfg) if ffn_norm is None else ffn_norm
 
     def forward(
-        self, x: torch.Tensor, cache: KVCache | None = None, trace: Trace | None = None
+        self, x: torch.Tensor, cache: KVCache | None = None, trace: Trace | None = None,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, T, H) -> (B, T, H). `trace`, when given, sees every TRACE_POINT; it changes nothing."""
+        """(B, T, H) -> (B, T, H). `trace`, when given, sees every TRACE_POINT; it changes nothing.
+        `valid` (B, T) marks the real tokens of right-padded batches; only BatchNorm needs it."""
         trace = trace or _ignore
         trace("layer_in", x)
-        x = self._sublayer("attn", x, functools.partial(self.attn, cache=cache), self.attn_norm, trace)
-        x = self._sublayer("ffn", x, self.ffn, self.ffn_norm, trace)
+        attn_norm, ffn_norm = (_masked(n, valid) for n in (self.attn_norm, self.ffn_norm))
+        x = self._sublayer("attn", x, functools.partial(self.attn, cache=cache), attn_norm, trace)
+        x = self._sublayer("ffn", x, self.ffn, ffn_norm, trace)
         trace("layer_out", x)
         return x
 
     def _sublayer(self, name: str, x: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor],
-                  norm: nn.Module, trace: Trace) -> torch.Tensor:
+                  norm: Callable[[torch.Tensor], torch.Tensor], trace: Trace) -> torch.Tensor:
         residual = x if self.alpha == 1.0 else self.alpha * x
         trace(f"{name}_residual", residual)
         if self.norm_first:  # x + f(LN(x))

@@ -108,7 +108,8 @@ class AlbertGPT(nn.Module):
         return F.linear(x, self.tok_emb.weight)[..., : self.vocab_size]  # (B, T, Vp) -> (B, T, V)
 
     def trunk(
-        self, idx: torch.Tensor, tracer: Tracer | None = None, caches: list[KVCache] | None = None
+        self, idx: torch.Tensor, tracer: Tracer | None = None, caches: list[KVCache] | None = None,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Embeddings and every layer application: (B, T) -> (B, T, H) before the head."""
         start = 0 if caches is None else caches[0].length
@@ -116,14 +117,19 @@ class AlbertGPT(nn.Module):
         for depth, i in enumerate(self.schedule):
             cache = None if caches is None else caches[depth]
             trace = None if tracer is None else functools.partial(tracer, depth)
-            x = self.blocks[i](x, cache, trace)
+            x = self.blocks[i](x, cache, trace, valid)
         return x
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, tracer: Tracer | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, tracer: Tracer | None = None,
+        valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, T, V) and, given targets (B, T), the mean cross entropy (ignore_index -1)."""
-        logits = self.head(self.trunk(idx, tracer))
+        """Logits (B, T, V) and, given targets (B, T), the mean cross entropy (ignore_index -1).
+
+        `valid` (B, T) marks real tokens when sequences of different lengths are right-padded (pad
+        targets -1): causal attention already keeps real tokens from seeing later padding, so only
+        BatchNorm uses it, to take its statistics from real tokens."""
+        logits = self.head(self.trunk(idx, tracer, valid=valid))
         if targets is None:
             return logits, None
         loss = F.cross_entropy(

@@ -88,8 +88,16 @@ class SequenceBatchNorm(nn.Module):
     def reset_parameters(self) -> None:
         self.bn.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(x.reshape(-1, x.size(-1))).view_as(x)  # (B*T, H) -> (B, T, H)
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """`valid` (B, T) marks real tokens of right-padded sequences: in train mode the statistics
+        then come from those alone and padding positions output 0 (nothing real attends to them)."""
+        flat = x.reshape(-1, x.size(-1))  # (B*T, H)
+        if valid is None or not self.training:
+            return self.bn(flat).view_as(x)
+        keep = valid.reshape(-1)
+        out = flat.new_zeros(flat.shape)
+        out[keep] = self.bn(flat[keep])
+        return out.view_as(x)
 
 
 class AdaptiveLayerNorm(nn.Module):

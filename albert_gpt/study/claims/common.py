@@ -1,0 +1,131 @@
+"""What the claim experiments share: the arms compared, a compact training loop built from the
+trainer's own parts (same optimizer, schedule, step and evaluation), and fixed evaluation windows.
+
+Shapes: B batch, T tokens, H hidden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from albert_gpt.config import Config, load_config
+from albert_gpt.data.batches import RandomWindowSampler
+from albert_gpt.inference.evaluate import evaluate_tokens
+from albert_gpt.modeling.model import AlbertGPT
+from albert_gpt.training.optim import build_optimizer, lr_at, set_lr
+from albert_gpt.training.step import train_step
+
+# Each arm changes one thing against post-LN; "no norm + final LN" keeps the normalized stream in
+# front of the head, so it differs from post-LN only inside the blocks.
+ARMS: dict[str, list[str]] = {
+    "post-LN": ["model.norm_placement=post"],
+    "pre-LN": ["model.norm_placement=pre"],
+    "no norm + final LN": ["model.norm_placement=none", "model.final_norm=true"],
+    "no norm, bare": ["model.norm_placement=none", "model.final_norm=false"],
+    "BN per depth": ["model.norm_placement=post", "model.norm=batchnorm", "model.batch_stats=per_depth"],
+    "RMSNorm": ["model.norm_placement=post", "model.norm=rmsnorm"],
+}
+EVAL_SEED = 1_000_003  # evaluation windows: fixed, apart from every training seed
+
+
+def claim_config(path: str, overrides: list[str]) -> Config:
+    return load_config(path, overrides)
+
+
+def sharing_overrides(sharing: str, n_layers: int) -> list[str]:
+    return ["model.n_groups=1"] if sharing == "shared" else [f"model.n_groups={n_layers}"]
+
+
+_PREPARED: dict[str, Any] = {}
+
+
+def prepared_data(cfg: Config) -> Any:
+    """The config's token splits, prepared once per process (the cache on disk is shared)."""
+    from albert_gpt.data.pipeline import prepare_data
+
+    key = repr((dataclasses.astuple(cfg.data), dataclasses.astuple(cfg.tokenizer)))
+    if key not in _PREPARED:
+        _PREPARED[key] = prepare_data(cfg, progress=False)
+    return _PREPARED[key]
+
+
+def build_model(cfg: Config, vocab_size: int) -> AlbertGPT:
+    torch.manual_seed(cfg.run.seed)
+    return AlbertGPT(dataclasses.replace(cfg.model, vocab_size=vocab_size))
+
+
+@dataclass
+class Trained:
+    model: AlbertGPT
+    losses: list[float]  # training loss of every step (NaN for a skipped step)
+    skipped: int
+    diverged: bool  # stopped after too many non-finite steps in a row
+
+
+def train_model(cfg: Config, data: Any, on_step: Callable[[int, AlbertGPT], None] | None = None,
+                model: AlbertGPT | None = None) -> Trained:
+    """cfg.train.max_steps optimizer steps as the trainer takes them (AdamW groups, warmup and
+    schedule, clipping, the non-finite guard), on CPU in float32, without run files.
+    `on_step(step, model)` is called before step 0 and after every step."""
+    device, dtype = torch.device("cpu"), torch.float32
+    t = cfg.train
+    model = model or build_model(cfg, data.tokenizer.vocab_size)
+    model.train()
+    optimizer = build_optimizer(model, t, device)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    sampler = RandomWindowSampler(data.splits["train"].tokens, cfg.model.block_size, t.batch_size,
+                                  cfg.run.seed)
+    torch.manual_seed(cfg.run.seed)  # dropout
+    losses, skipped, in_a_row = [], 0, 0
+    if on_step is not None:
+        on_step(0, model)
+    for step in range(t.max_steps):
+        set_lr(optimizer, lr_at(step, t, t.max_steps))
+        result = train_step(model, optimizer, scaler, lambda micro, s=step: sampler.batch(s, micro),
+                            t.grad_accum_steps, device, dtype, t.grad_clip)
+        loss = float(result.loss)
+        losses.append(math.nan if result.skipped else loss)
+        skipped += result.skipped
+        in_a_row = in_a_row + 1 if result.skipped else 0
+        if in_a_row > t.max_skipped_steps:
+            return Trained(model, losses, skipped, diverged=True)
+        if on_step is not None:
+            on_step(step + 1, model)
+    return Trained(model, losses, skipped, diverged=False)
+
+
+def eval_loss(model: AlbertGPT, data: Any, cfg: Config, split: str = "val", batches: int = 8,
+              batch_size: int = 16, train_mode: bool = False) -> float:
+    """Token-weighted loss on the split's first `batches` evaluation batches (a fixed subset)."""
+    was = model.training
+    model.train(train_mode)
+    try:
+        with torch.no_grad():
+            result = evaluate_tokens(model, data.splits[split].tokens, cfg.model.block_size, batch_size,
+                                     "cpu", max_batches=batches)
+    finally:
+        model.train(was)
+    return float(result["loss"])
+
+
+def unigram_loss(data: Any) -> float:
+    """The loss of predicting the training split's token frequencies (add-one), on validation."""
+    import numpy as np
+
+    vocab = data.tokenizer.vocab_size
+    counts = np.bincount(np.asarray(data.splits["train"].tokens), minlength=vocab) + 1.0
+    logp = np.log(counts / counts.sum())
+    val = np.asarray(data.splits["val"].tokens)
+    return float(-logp[val].mean())
+
+
+def probe_batch(data: Any, cfg: Config, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed training windows for measurements at initialization or between steps."""
+    sampler = RandomWindowSampler(data.splits["train"].tokens, cfg.model.block_size, batch_size, EVAL_SEED)
+    return sampler.batch(0)

@@ -1,0 +1,256 @@
+"""Claim f: normalization reduces sensitivity to the learning rate, the initialization scale and the
+batch size. Three rows (f1 learning rate with and without warmup, f2 init scale, f3 batch size),
+one metric: how many settings of a grid train to within 0.05 nats of the arm's best.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from albert_gpt.study.claims.common import ARMS, claim_config, eval_loss, prepared_data, train_model
+from albert_gpt.study.claims.ledger import Analysis, Claim
+from albert_gpt.study.claims.stats import mean_interval, paired_difference
+from albert_gpt.study.report import markdown_table
+
+CONFIG = "configs/claims/train.yaml"
+NEAR_BEST = 0.05  # nats: a setting "trains" when its final val loss is this close to the arm's best
+SEEDS = {"cpu": (1, 2, 3), "gpu": (1, 2, 3, 4, 5)}
+LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # half-decade steps (x 3.16)
+INIT_STDS = (0.02, 0.06, 0.125, 0.25)
+BATCHES = (4, 8, 16, 32)  # at an equal token budget: 16 x 32 x 200 tokens
+TOKENS = 16 * 32 * 200
+LR_STEPS = 120
+
+
+def _cells(size: str, axis: str, values: tuple) -> list[dict[str, Any]]:
+    cells = [{"arm": arm, axis: v, "seed": seed} for arm in ARMS for v in values for seed in SEEDS[size]]
+    if axis == "lr":
+        cells = [{**c, "warmup": w} for c in cells for w in (True, False)]
+    return cells
+
+
+def measure(cell: dict[str, Any]) -> dict[str, Any]:
+    overrides = [*ARMS[cell["arm"]], f"run.seed={cell['seed']}"]
+    if "lr" in cell:
+        overrides += [
+            f"train.lr={cell['lr']}",
+            f"train.min_lr={cell['lr'] / 100}",
+            f"train.max_steps={LR_STEPS}",
+            f"train.warmup_steps={LR_STEPS // 10 if cell['warmup'] else 0}",
+        ]
+    if "init_std" in cell:
+        overrides += [f"model.init_std={cell['init_std']}", "train.max_steps=200"]
+    if "batch_size" in cell:
+        steps = TOKENS // (cell["batch_size"] * 32)
+        overrides += [
+            f"train.batch_size={cell['batch_size']}",
+            f"train.max_steps={steps}",
+            f"train.warmup_steps={steps // 10}",
+        ]
+    cfg = claim_config(CONFIG, overrides)
+    data = prepared_data(cfg)
+    trained = train_model(cfg, data)
+    loss = math.inf if trained.diverged else eval_loss(trained.model, data, cfg)
+    return {
+        "val_loss": loss if math.isfinite(loss) else None,
+        "diverged": trained.diverged,
+        "skipped": trained.skipped,
+    }
+
+
+def _loss(r: dict[str, Any]) -> float:
+    return math.inf if r["val_loss"] is None else r["val_loss"]
+
+
+def width(results: list[dict[str, Any]], arm: str, seed: int, axis: str, warmup: bool | None = None) -> int:
+    """How many settings of `axis` end within NEAR_BEST of this arm's best (same seed)."""
+    runs = [
+        r
+        for r in results
+        if r["arm"] == arm
+        and r["seed"] == seed
+        and axis in r
+        and (warmup is None or r.get("warmup") == warmup)
+    ]
+    best = min(_loss(r) for r in runs)
+    return sum(_loss(r) <= best + NEAR_BEST for r in runs)
+
+
+def best(results: list[dict[str, Any]], arm: str, seed: int, axis: str, warmup: bool | None = None) -> float:
+    return min(
+        _loss(r)
+        for r in results
+        if r["arm"] == arm
+        and r["seed"] == seed
+        and axis in r
+        and (warmup is None or r.get("warmup") == warmup)
+    )
+
+
+def _analyze(results: list[dict[str, Any]], axis: str, label: str) -> Analysis:
+    seeds = sorted({r["seed"] for r in results})
+    warmups = (True, False) if axis == "lr" else (None,)
+    rows = []
+    widths: dict[tuple[str, bool | None], list[int]] = {}
+    for arm in ARMS:
+        for w in warmups:
+            ws = [width(results, arm, s, axis, w) for s in seeds]
+            widths[arm, w] = ws
+            bs = mean_interval([best(results, arm, s, axis, w) for s in seeds])
+            name = arm if w is None else f"{arm}, warmup {'on' if w else 'off'}"
+            values = sorted({r[axis] for r in results if axis in r})
+            at = [
+                mean_interval(
+                    [
+                        _loss(r)
+                        for r in results
+                        if r["arm"] == arm and r.get(axis) == v and (w is None or r.get("warmup") == w)
+                    ]
+                )
+                for v in values
+            ]
+            rows.append([name, str(mean_interval(ws)), str(bs), *[_cell(iv) for iv in at]])
+    values = sorted({r[axis] for r in results if axis in r})
+    table = markdown_table(
+        [
+            "arm",
+            f"trainable {label}s (of {len(values)})",
+            "best val loss",
+            *[f"{label} {v:g}" for v in values],
+        ],
+        rows,
+    )
+    main = warmups[0]
+    post, bare, final = (
+        widths["post-LN", main],
+        widths["no norm, bare", main],
+        widths["no norm + final LN", main],
+    )
+    vs_bare = paired_difference(post, bare)
+    vs_final = paired_difference(post, final)
+    wins = sum(p > b for p, b in zip(post, bare))
+    headline = (
+        f"{label} range width, post-LN minus no norm bare: {vs_bare}; post-LN minus no norm + final LN: "
+        f"{vs_final}"
+    )
+    if vs_bare.low > 0 and wins >= 2:
+        verdict, reason = "supported", f"post-LN trains over more {label} settings than the bare model."
+    elif vs_final.high < 0 or vs_bare.high < 0:
+        verdict, reason = (
+            "contradicted",
+            (
+                f"a model without normalization trains over more {label} settings than post-LN "
+                "(paired interval below 0), against the article."
+            ),
+        )
+    else:
+        verdict, reason = "mixed", f"no difference in {label} range that the intervals can resolve."
+    return Analysis(verdict, reason, headline, table)
+
+
+def _cell(iv: Any) -> str:
+    return "diverged" if not math.isfinite(iv.mean) else f"{iv.mean:.3f}"
+
+
+def _figure(results: list[dict[str, Any]], path: Path, axis: str, label: str) -> None:
+    from albert_gpt.study.claims.plots import error_bars, pyplot
+
+    plt = pyplot()
+    warmups = (True, False) if axis == "lr" else (None,)
+    fig, axes = plt.subplots(1, len(warmups), figsize=(6 * len(warmups), 3.6), squeeze=False)
+    values = sorted({r[axis] for r in results if axis in r})
+    for ax, w in zip(axes[0], warmups):
+        for i, arm in enumerate(ARMS):
+            ivs = [
+                mean_interval(
+                    [
+                        min(_loss(r), 10.0)
+                        for r in results
+                        if r["arm"] == arm and r.get(axis) == v and (w is None or r.get("warmup") == w)
+                    ]
+                )
+                for v in values
+            ]
+            means, err = error_bars(ivs)
+            ax.errorbar(values, means, yerr=err, color=f"C{i}", marker="o", ms=3, capsize=2, label=arm)
+        ax.set(
+            xscale="log",
+            xlabel=label,
+            ylabel="final val loss (diverged shown at 10)",
+            title="" if w is None else f"warmup {'on' if w else 'off'}",
+        )
+        ax.set_ylim(top=min(6.0, ax.get_ylim()[1]))
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+_ARMS_TEXT = "post-LN, pre-LN, no norm with a final LN, no norm at all, BatchNorm per depth, RMSNorm"
+_METRIC = (
+    f"the width of the trainable range: settings whose final validation loss is within {NEAR_BEST} "
+    "nats of the same arm's best (per seed), and the best loss itself; mean and 95% t interval over 3 "
+    "seeds."
+)
+
+
+def _rule(label: str) -> str:
+    return (
+        f"supported if post-LN's trainable {label} range is wider than the bare no-norm model's in at least "
+        "2 of 3 seeds and the 95% interval of the paired difference excludes 0; contradicted if post-LN's "
+        "is narrower than a no-norm arm's (bare or with a final LN) with the interval excluding 0; "
+        "otherwise mixed."
+    )
+
+
+LR_CLAIM = Claim(
+    letter="f1",
+    name="sensitivity-lr",
+    title="Normalization widens the trainable learning-rate range",
+    sections="7, 7.1",
+    statement="With normalization, training succeeds over a wider range of learning rates.",
+    experiment=f"{LR_STEPS} steps of the shared 6-layer model at 7 learning rates on a half-decade grid "
+    "(1e-4 ... 1e-1), with 10% linear warmup and without, cosine to lr/100; arms: "
+    f"{_ARMS_TEXT}; 3 seeds.",
+    config=CONFIG,
+    metric=_METRIC,
+    rule=_rule("learning-rate") + " Judged with warmup on; warmup off is shown.",
+    cells=lambda size: _cells(size, "lr", LRS),
+    measure=measure,
+    analyze=lambda results: _analyze(results, "lr", "learning rate"),
+    figure=lambda results, path: _figure(results, path, "lr", "learning rate"),
+)
+INIT_CLAIM = Claim(
+    letter="f2",
+    name="sensitivity-init",
+    title="Normalization reduces sensitivity to the init scale",
+    sections="7",
+    statement="With normalization, training is less sensitive to the scale of the weight initialization.",
+    experiment=f"200 steps at lr 1e-3 with init std 0.02 / 0.06 / 0.125 / 0.25; arms: {_ARMS_TEXT}; 3 seeds.",
+    config=CONFIG,
+    metric=_METRIC,
+    rule=_rule("init-scale"),
+    cells=lambda size: _cells(size, "init_std", INIT_STDS),
+    measure=measure,
+    analyze=lambda results: _analyze(results, "init_std", "init std"),
+    figure=lambda results, path: _figure(results, path, "init_std", "init std"),
+)
+BATCH_CLAIM = Claim(
+    letter="f3",
+    name="sensitivity-batch",
+    title="Normalization reduces sensitivity to the batch size",
+    sections="7",
+    statement="With normalization, training is less sensitive to the batch size.",
+    experiment=f"Batch size 4 / 8 / 16 / 32 at an equal budget of {TOKENS:,} training tokens (800 to 100 "
+    "steps, "
+    f"10% warmup), lr 1e-3; arms: {_ARMS_TEXT}; 3 seeds.",
+    config=CONFIG,
+    metric=_METRIC,
+    rule=_rule("batch-size"),
+    cells=lambda size: _cells(size, "batch_size", BATCHES),
+    measure=measure,
+    analyze=lambda results: _analyze(results, "batch_size", "batch size"),
+    figure=lambda results, path: _figure(results, path, "batch_size", "batch size"),
+)

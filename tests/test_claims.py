@@ -1,0 +1,257 @@
+"""The claims ledger's parts against known answers: statistics by hand, the drift and perturbation
+metrics on models whose answer is known, every decision rule on synthetic results (each way), and a
+ledger written end to end from a real (cheap) claim.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from albert_gpt.config import ModelConfig
+from albert_gpt.modeling.model import AlbertGPT
+from albert_gpt.study.claims import drift, generalization, gradients, perturbation, sensitivity
+from albert_gpt.study.claims.ledger import run_claim, write_ledger
+from albert_gpt.study.claims.registry import all_claims, get_claim
+from albert_gpt.study.claims.stats import loglog_slope, mean_interval, paired_difference, spearman, t_critical
+
+V, H, T = 13, 16, 8
+
+
+def tiny(**overrides) -> AlbertGPT:
+    torch.manual_seed(0)
+    return AlbertGPT(ModelConfig(**{**dict(n_layers=4, n_groups=1, n_embd=H, n_heads=2, block_size=T,
+                                           vocab_size=V), **overrides}))
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_t_interval_by_hand():
+    iv = mean_interval([1.0, 2.0, 3.0])  # mean 2, sample std 1, t(2) = 4.303
+    assert iv.mean == 2.0 and iv.n == 3
+    assert iv.high - 2.0 == pytest.approx(4.303 / math.sqrt(3))
+    assert iv.low == pytest.approx(2.0 - 4.303 / math.sqrt(3))
+    assert t_critical(100) == 1.96
+    assert not iv.excludes_zero() and mean_interval([5.0, 5.1, 4.9]).excludes_zero()
+
+
+def test_a_diverged_run_or_a_single_seed_concludes_nothing():
+    for values in ([1.0, math.inf, 2.0], [3.0]):
+        iv = mean_interval(values)
+        assert iv.low == -math.inf and iv.high == math.inf and not iv.excludes_zero()
+
+
+def test_paired_difference_uses_pairs_not_groups():
+    a, b = [10.0, 20.0, 30.0], [9.0, 19.0, 29.0]  # far apart as groups, exactly +1 as pairs
+    iv = paired_difference(a, b)
+    assert iv.mean == 1.0 and iv.low == iv.high == 1.0 and iv.excludes_zero()
+
+
+def test_slope_and_rank_correlation_by_hand():
+    xs = [2, 4, 8, 16, 32]
+    assert loglog_slope(xs, [3 * x**-0.5 for x in xs]) == pytest.approx(-0.5)
+    assert math.isnan(loglog_slope([2], [1.0]))
+    assert spearman([1, 2, 3, 4], [10, 20, 25, 100]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+# ---------------------------------------------------------------- metrics with known answers
+
+
+def test_a_model_that_does_not_change_has_zero_drift():
+    model = tiny()
+    idx = torch.randint(0, V, (3, T))
+    before, after = drift.sublayer_inputs(model, idx), drift.sublayer_inputs(model, idx)
+    assert set(before) == {(d, s) for d in range(4) for s in ("attn", "ffn")}
+    assert all(drift.drift(before[k], after[k]) == 0.0 for k in before)
+
+
+def test_drift_of_a_known_shift_and_rescale():
+    x = torch.randn(1000, 4, dtype=torch.float64)
+    m0 = drift.moments(x)
+    shifted = drift.moments(x + 0.5 * m0[1])  # every feature's mean moves by half its std
+    assert drift.drift(m0, shifted) == pytest.approx(0.5, rel=1e-4)
+    scaled = drift.moments((x - m0[0]) * 2 + m0[0])  # every std doubles, means stay
+    assert drift.drift(m0, scaled) == pytest.approx(math.log(2), rel=1e-4)
+
+
+def test_sublayer_inputs_read_what_the_branch_reads():
+    """Pre-LN branches read the normalized stream; post-LN branches read the stream itself."""
+    idx = torch.randint(0, V, (2, T))
+    for placement in ("pre", "post"):
+        model = tiny(norm_placement=placement).eval()
+        seen: list[torch.Tensor] = []
+        hook = model.blocks[0].attn.register_forward_pre_hook(lambda m, args, out=seen: out.append(args[0]))
+        model(idx)
+        hook.remove()
+        expected = drift.moments(seen[0])  # the first application's attention input
+        got = drift.sublayer_inputs(model, idx)[0, "attn"]
+        torch.testing.assert_close(got[0], expected[0])
+        torch.testing.assert_close(got[1], expected[1])
+
+
+def test_a_perturbation_through_an_identity_stack_keeps_its_relative_size():
+    model = tiny(norm_placement="none", final_norm=False)
+    with torch.no_grad():  # every residual branch outputs 0: each block is the identity
+        for block in model.blocks:
+            for proj in (block.attn.proj, block.ffn.proj):
+                proj.weight.zero_()
+                proj.bias.zero_()
+    out = perturbation.propagate(model, torch.randint(0, V, (2, T)), at=1, relative=1e-3)
+    assert out["per_layer"] == pytest.approx([1e-3] * 3, rel=1e-4)
+
+
+def test_a_perturbation_through_post_ln_is_measured_at_every_later_layer():
+    out = perturbation.propagate(tiny(), torch.randint(0, V, (2, T)), at=0, relative=1e-3)
+    assert len(out["per_layer"]) == 4 and out["per_layer"][0] == pytest.approx(1e-3, rel=1e-4)
+    assert all(v > 0 for v in out["per_layer"]) and out["logits"] > 0
+
+
+def test_masked_batchnorm_takes_statistics_from_real_tokens_only():
+    from albert_gpt.modeling.norms import SequenceBatchNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4)
+    valid = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    masked = SequenceBatchNorm(4).train()
+    y = masked(x, valid)
+    real = x[valid]  # (10, 4)
+    expected = (real - real.mean(0)) / torch.sqrt(real.var(0, unbiased=False) + 1e-5)
+    torch.testing.assert_close(y[valid], expected)
+    assert torch.all(y[~valid] == 0)
+    torch.testing.assert_close(masked.bn.running_mean, 0.1 * real.mean(0))
+    unmasked = SequenceBatchNorm(4).train()
+    unmasked(x)
+    assert not torch.allclose(unmasked.bn.running_mean, masked.bn.running_mean)
+
+
+# ---------------------------------------------------------------- decision rules, each way
+
+
+def _sensitivity_results(post_widths: list[int], bare_widths: list[int]) -> list[dict]:
+    """Learning-rate results where an arm's first `width` grid points tie at its best loss."""
+    results = []
+    for arm in sensitivity.ARMS:
+        for seed, (pw, bw) in enumerate(zip(post_widths, bare_widths), start=1):
+            width = pw if arm == "post-LN" else bw if arm == "no norm, bare" else 2
+            for i, lr in enumerate(sensitivity.LRS):
+                for warmup in (True, False):
+                    loss = 2.0 if i < width else 3.0 + i
+                    results.append({"arm": arm, "lr": lr, "warmup": warmup, "seed": seed, "val_loss": loss})
+    return results
+
+
+@pytest.mark.parametrize("post, bare, verdict", [
+    ([5, 5, 4], [2, 1, 2], "supported"),
+    ([1, 2, 1], [4, 5, 5], "contradicted"),
+    ([3, 2, 4], [3, 3, 3], "mixed"),
+])
+def test_sensitivity_rule(post, bare, verdict):
+    analysis = sensitivity._analyze(_sensitivity_results(post, bare), "lr", "learning rate")
+    assert analysis.verdict == verdict
+    assert "| post-LN, warmup on |" in analysis.table
+
+
+def _gradient_results(post_b: float, bare_b: float) -> list[dict]:
+    results = []
+    for arm in gradients.PLACEMENTS:
+        b = post_b if arm == "post-LN" else bare_b if arm == "no norm, bare" else 0.0
+        for sharing in ("shared", "unshared"):
+            for std in (0.06, 0.125, 0.25):
+                for seed, noise in ((1, 0.0), (2, 0.01), (3, -0.01)):
+                    for L in (2, 4, 8, 16):
+                        results.append({"arm": arm, "sharing": sharing, "init_std": std, "n_layers": L,
+                                        "seed": seed, "per_layer": [0.1 * L ** (b + noise)] * L})
+    return results
+
+
+@pytest.mark.parametrize("post_b, bare_b, verdict", [(0.0, 1.5, "supported"), (0.8, 1.5, "contradicted"),
+                                                     (0.0, 0.0, "mixed")])
+def test_gradient_rule(post_b, bare_b, verdict):
+    assert gradients.analyze(_gradient_results(post_b, bare_b)).verdict == verdict
+
+
+def test_gradient_rule_counts_overflow_as_unsteady():
+    results = _gradient_results(0.0, 0.0)
+    for r in results:
+        if r["arm"] == "no norm, bare" and r["n_layers"] == 16:
+            r["per_layer"][-1] = None  # the gradient overflowed
+    assert gradients.analyze(results).verdict == "supported"
+
+
+def _generalization_results(post_gap: float, post_best: float) -> list[dict]:
+    results = []
+    for arm in generalization.ARMS_HERE:
+        gap, best = (post_gap, post_best) if arm == "post-LN" else (0.5, 2.0)
+        for seed, noise in ((1, 0.0), (2, 0.01), (3, -0.01)):
+            final_train = best + 0.1 - gap  # the held-out loss ends 0.1 above its best
+            curve = [[0, 4.0, 4.0], [100, 2.5, best + noise], [200, final_train, final_train + gap + noise]]
+            results.append({"arm": arm, "seed": seed, "curve": curve})
+    return results
+
+
+@pytest.mark.parametrize("gap, best, verdict", [(0.05, 1.9, "not testable here"), (0.3, 1.8, "supported"),
+                                                (0.9, 2.3, "contradicted")])
+def test_generalization_rule(gap, best, verdict):
+    assert generalization.analyze(_generalization_results(gap, best)).verdict == verdict
+
+
+@pytest.mark.parametrize("post_amp, verdict", [(0.5, "supported"), (50.0, "contradicted")])
+def test_perturbation_rule(post_amp, verdict):
+    results = []
+    for arm in perturbation.ARMS_HERE:
+        amp = post_amp if arm == "post-LN" else 5.0
+        for seed, noise in ((1, 1.0), (2, 1.05), (3, 0.95)):
+            run = {"per_layer": [1e-3, 1e-3 * amp * noise], "logits": 1e-3 * amp}
+            results.append({"arm": arm, "seed": seed, "init": run, "trained": run})
+    assert perturbation.analyze(results).verdict == verdict
+
+
+# ---------------------------------------------------------------- running a claim, writing the ledger
+
+
+def test_a_claim_runs_resumes_and_lands_in_the_ledger(tmp_path):
+    claim = get_claim("a")
+    results_dir, work = tmp_path / "claims", tmp_path / "work"
+    path = run_claim(claim, workers=1, work_dir=work, results_dir=results_dir, progress=False)
+    data = json.loads(path.read_text())
+    assert [c["seed"] for c in data["cells"]] == [1, 2, 3]
+    assert all(c["gradcheck"] and c["max_value_error"] < 1e-5 for c in data["cells"])
+    cached = sorted(p.name for p in (work / "formula" / "cpu").iterdir())
+    assert cached == ["seed=1.json", "seed=2.json", "seed=3.json"]
+    planted = {"seed": 2, "max_value_error": 1.0, "max_grad_error": 0.0, "gradcheck": True}
+    (work / "formula" / "cpu" / "seed=2.json").write_text(json.dumps(planted))
+    rerun = json.loads(run_claim(claim, workers=1, work_dir=work, results_dir=results_dir,
+                                 progress=False).read_text())
+    assert rerun["cells"][1]["max_value_error"] == 1.0  # a measured cell is reused, not measured again
+
+    ledger = write_ledger(all_claims(), results_dir=results_dir, path=tmp_path / "claims.md").read_text()
+    row = next(line for line in ledger.splitlines() if line.startswith("| a |"))
+    assert "**contradicted**" in row  # computed from the (planted) result file, not typed
+    assert "**not run yet**" in next(line for line in ledger.splitlines() if line.startswith("| h |"))
+    assert "**Decision rule** (fixed before the runs):" in ledger
+
+
+def test_every_claim_has_its_parts_and_a_shipped_config():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    letters = [c.letter for c in all_claims()]
+    assert letters == ["a", "b", "c", "d", "e", "f1", "f2", "f3", "g", "h"]
+    for claim in all_claims():
+        assert (root / claim.config).is_file(), claim.config
+        assert claim.rule.startswith(("supported if", "not testable here unless")), claim.name
+        cells = claim.cells("cpu")
+        assert len({c.get("seed") for c in cells}) >= 3, claim.name
+        assert get_claim(claim.name) is claim and get_claim(claim.letter) is claim
+
+
+def test_unknown_claim_is_one_line(capsys):
+    from albert_gpt.cli import main
+
+    assert main(["study", "claim", "zz"]) == 2
+    assert "unknown claim 'zz' (known: a (formula), b (gradients)" in capsys.readouterr().err
