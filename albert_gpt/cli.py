@@ -127,7 +127,8 @@ def cmd_claim(args: argparse.Namespace) -> int:
     names = [c.name for c in all_claims()] if args.claim == "all" else [] if args.claim == "ledger" \
         else [get_claim(args.claim).name]
     for name in names:
-        path = run_claim(get_claim(name), size=args.size, workers=args.workers, work_dir=Path(args.work_dir))
+        path = run_claim(get_claim(name), size=args.size, workers=args.workers, work_dir=Path(args.work_dir),
+                         fresh=args.fresh)
         log.info("claim %s: results in %s", name, path)
     print(f"wrote {write_ledger(all_claims())}")
     return 0
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="cpu", choices=("cpu", "gpu"), help="cpu: 10 minutes or less on 2 cores")
     p.add_argument("--workers", type=int, default=2, help="cells measured side by side, one thread each")
     p.add_argument("--work-dir", default="claims_runs", help="where measured cells are kept (resumable)")
+    p.add_argument("--fresh", action="store_true", help="measure every cell again instead of reusing them")
     p.set_defaults(func=cmd_claim)
     return parser
 

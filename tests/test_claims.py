@@ -255,3 +255,15 @@ def test_unknown_claim_is_one_line(capsys):
 
     assert main(["study", "claim", "zz"]) == 2
     assert "unknown claim 'zz' (known: a (formula), b (gradients)" in capsys.readouterr().err
+
+
+def test_drift_curves_are_written_for_tensorboard(tmp_path):
+    """The drift claim's curves, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    results = [{"arm": "post-LN", "seed": 1, "drift": [[10, 0.5, 0.4, 0.6], [20, 0.25, 0.2, 0.3]]}]
+    drift.tensorboard(results, tmp_path)
+    acc = EventAccumulator(str(tmp_path / "post-LN_seed1"))
+    acc.Reload()
+    assert [(e.step, round(e.value, 6)) for e in acc.Scalars("ics/drift")] == [(10, 0.5), (20, 0.25)]
+    assert [round(e.value, 6) for e in acc.Scalars("ics/depth_01/drift")] == [0.6, 0.3]

@@ -151,6 +151,20 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
     return Analysis(verdict, reason, headline, table)
 
 
+def tensorboard(results: list[dict[str, Any]], log_dir: Path) -> None:
+    """One TensorBoard run per cell: `ics/drift` and `ics/depth_DD/drift` against the step."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for r in results:
+        with SummaryWriter(
+            log_dir=str(log_dir / f"{r['arm'].replace(' ', '_').replace(',', '')}_seed{r['seed']}")
+        ) as w:
+            for step, mean, *per_depth in r["drift"]:
+                w.add_scalar("ics/drift", mean, step)
+                for depth, value in enumerate(per_depth):
+                    w.add_scalar(f"ics/depth_{depth:02d}/drift", value, step)
+
+
 def figure(results: list[dict[str, Any]], path: Path) -> None:
     from albert_gpt.study.claims.plots import error_bars, pyplot
 

@@ -54,6 +54,8 @@ class Claim:
     measure: Callable[[dict[str, Any]], dict[str, Any]]  # runs in a worker; must be a module-level function
     analyze: Callable[[list[dict[str, Any]]], Analysis]
     figure: Callable[[list[dict[str, Any]], Path], None] | None = None
+    # Curves worth browsing, written as TensorBoard event files under the work directory.
+    tensorboard: Callable[[list[dict[str, Any]], Path], None] | None = None
 
 
 def cell_key(cell: dict[str, Any]) -> str:
@@ -73,16 +75,16 @@ def _measure(claim_name: str, cell: dict[str, Any]) -> tuple[str, dict[str, Any]
 
 
 def run_claim(claim: Claim, size: str = "cpu", workers: int = 2, work_dir: Path = Path("claims_runs"),
-              results_dir: Path = RESULTS_DIR, progress: bool = True) -> Path:
-    """Measure every cell of `claim` (cells already measured in `work_dir` are reused), then write
-    the results file `results_dir/<name>.json` and the claim's figure; returns the results file."""
+              results_dir: Path = RESULTS_DIR, progress: bool = True, fresh: bool = False) -> Path:
+    """Measure every cell of `claim` (cells already measured in `work_dir` are reused unless `fresh`),
+    then write the results file `results_dir/<name>.json` and the claim's figure; returns that file."""
     cells = claim.cells(size)
     cache = work_dir / claim.name / size
     cache.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict[str, Any]] = {}
     for cell in cells:
         path = cache / f"{cell_key(cell)}.json"
-        if path.is_file():
+        if path.is_file() and not fresh:
             done[cell_key(cell)] = json.loads(path.read_text(encoding="utf-8"))
     todo = [c for c in cells if cell_key(c) not in done]
     started = time.perf_counter()
@@ -112,6 +114,8 @@ def run_claim(claim: Claim, size: str = "cpu", workers: int = 2, work_dir: Path 
     }, indent=1) + "\n", encoding="utf-8")
     if claim.figure is not None:
         claim.figure(results, results_dir / f"{claim.name}.png")
+    if claim.tensorboard is not None:
+        claim.tensorboard(results, cache / "tb")
     return out
 
 
