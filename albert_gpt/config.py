@@ -214,6 +214,18 @@ def _section_mapping(name: str, values: Any) -> dict[str, Any]:
     return dict(values)
 
 
+def _known_sections(raw: Any) -> dict[str, Any]:
+    """The top level of a config: a mapping (or nothing) whose keys are all section names."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
+    for name in raw:
+        if name not in SECTIONS:
+            raise unknown_key(name, list(SECTIONS))
+    return raw
+
+
 def _build_section(name: str, values: Any) -> Any:
     types_ = _field_types(SECTIONS[name])
     kwargs = {}
@@ -226,13 +238,7 @@ def _build_section(name: str, values: Any) -> Any:
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Build and validate a Config from a nested mapping (as read from YAML)."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
-    for name in raw:
-        if name not in SECTIONS:
-            raise unknown_key(name, list(SECTIONS))
+    raw = _known_sections(raw)
     sections = {name: _build_section(name, raw.get(name)) for name in SECTIONS}
     return Config(**sections)
 
@@ -243,13 +249,7 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `section.key=value` strings to a raw mapping, coercing each to its field's type."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config must be a mapping of sections, got {type(raw).__name__}")
-    for name in raw:
-        if name not in SECTIONS:
-            raise unknown_key(name, list(SECTIONS))
+    raw = _known_sections(raw)
     raw = {name: _section_mapping(name, values) for name, values in raw.items()}
     for item in overrides:
         if "=" not in item:

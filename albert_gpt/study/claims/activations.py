@@ -143,7 +143,7 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
 
 
 def figure(results: list[dict[str, Any]], path: Path) -> None:
-    from albert_gpt.study.claims.plots import error_bars, pyplot
+    from albert_gpt.study.claims.plots import error_bars, pyplot, save
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.3), sharey=True)
@@ -171,9 +171,7 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
         ax.title.set_fontsize(9)
     axes[0].set_ylabel("residual stream RMS")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 CLAIM = Claim(

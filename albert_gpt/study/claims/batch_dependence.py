@@ -186,7 +186,7 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
 
 
 def figure(results: list[dict[str, Any]], path: Path) -> None:
-    from albert_gpt.study.claims.plots import error_bars, pyplot
+    from albert_gpt.study.claims.plots import error_bars, pyplot, save
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -209,9 +209,7 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     axes[1].set_xticks(range(len(PADDED)), ["LN", "BN, pads\nin stats", "BN, pads\nmasked"])
     axes[1].set(ylabel="val loss", title="variable-length padded batches")
     axes[1].set_ylim(bottom=min(means) - 0.2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 CLAIM = Claim(

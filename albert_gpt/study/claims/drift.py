@@ -166,7 +166,7 @@ def tensorboard(results: list[dict[str, Any]], log_dir: Path) -> None:
 
 
 def figure(results: list[dict[str, Any]], path: Path) -> None:
-    from albert_gpt.study.claims.plots import error_bars, pyplot
+    from albert_gpt.study.claims.plots import error_bars, pyplot, save
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -185,9 +185,7 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     axes[0].set(yscale="log", xlabel="step", ylabel="input drift per 10 steps", title="drift during training")
     axes[1].set(yscale="log", xlabel="layer application", title="mean drift by depth")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 CLAIM = Claim(

@@ -101,7 +101,7 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
 
 
 def figure(results: list[dict[str, Any]], path: Path) -> None:
-    from albert_gpt.study.claims.plots import error_bars, pyplot
+    from albert_gpt.study.claims.plots import error_bars, pyplot, save
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
@@ -118,9 +118,7 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     )
     ax.set_ylim(top=3.2)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 CLAIM = Claim(

@@ -105,7 +105,7 @@ def _show(iv: Any) -> str:
 
 
 def figure(results: list[dict[str, Any]], path: Path) -> None:
-    from albert_gpt.study.claims.plots import error_bars, pyplot
+    from albert_gpt.study.claims.plots import error_bars, pyplot, save
 
     plt = pyplot()
     stds = sorted({r["init_std"] for r in results})
@@ -144,9 +144,7 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     ax.set(yscale="log", title=f"every layer, L={deepest}, unshared, init std 0.125", xlabel="layer")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 CLAIM = Claim(

@@ -130,7 +130,7 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
 
 
 def figure(results: list[dict[str, Any]], path: Path) -> None:
-    from albert_gpt.study.claims.plots import error_bars, pyplot
+    from albert_gpt.study.claims.plots import error_bars, pyplot, save
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
@@ -157,9 +157,7 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
         )
     axes[0].set_ylabel("relative size of the perturbation")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 CLAIM = Claim(

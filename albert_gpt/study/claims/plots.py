@@ -24,3 +24,12 @@ def error_bars(intervals: list[Any], log_scale: bool = False) -> tuple[list[floa
     means = [iv.mean for iv in intervals]
     low = [max(iv.low, m * 1e-3) if log_scale else iv.low for m, iv in zip(means, intervals)]
     return means, [[m - lo for m, lo in zip(means, low)], [iv.high - m for m, iv in zip(means, intervals)]]
+
+
+def save(fig: Any, path: Any) -> None:
+    """Lay out, write as PNG and release a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

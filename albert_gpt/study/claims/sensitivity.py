@@ -155,7 +155,7 @@ def _cell(iv: Any) -> str:
 
 
 def _figure(results: list[dict[str, Any]], path: Path, axis: str, label: str) -> None:
-    from albert_gpt.study.claims.plots import error_bars, pyplot
+    from albert_gpt.study.claims.plots import error_bars, pyplot, save
 
     plt = pyplot()
     warmups = (True, False) if axis == "lr" else (None,)
@@ -183,9 +183,7 @@ def _figure(results: list[dict[str, Any]], path: Path, axis: str, label: str) ->
         )
         ax.set_ylim(top=min(6.0, ax.get_ylim()[1]))
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path)
 
 
 _ARMS_TEXT = "post-LN, pre-LN, no norm with a final LN, no norm at all, BatchNorm per depth, RMSNorm"
