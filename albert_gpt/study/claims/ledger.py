@@ -108,7 +108,8 @@ def run_claim(claim: Claim, size: str = "cpu", workers: int = 2, work_dir: Path 
     out = results_dir / f"{claim.name}.json"
     out.write_text(json.dumps({
         "claim": claim.letter, "name": claim.name, "size": size, "cells": results,
-        "wall_seconds_this_call": time.perf_counter() - started,
+        "wall_seconds_this_call": round(time.perf_counter() - started, 1),
+        "cell_seconds_total": round(sum(r.get("seconds", 0.0) for r in results), 1),
         "machine": {"torch": torch.__version__, "python": platform.python_version(),
                     "processor": platform.processor() or platform.machine(), "workers": workers},
     }, indent=1) + "\n", encoding="utf-8")

@@ -147,7 +147,37 @@ def _analyze(results: list[dict[str, Any]], axis: str, label: str) -> Analysis:
         )
     else:
         verdict, reason = "mixed", f"no difference in {label} range that the intervals can resolve."
+    if all(w == 1 for ws in widths.values() for w in ws):
+        reason += (
+            f" Every arm's range is a single {label} in every seed: neighbouring settings of this grid "
+            f"differ by more than {NEAR_BEST} nats, so the metric fixed before the runs cannot separate "
+            "the arms here."
+        )
+    reason += (
+        " Where each arm does best, and where it fails: "
+        + "; ".join(_where(results, arm, axis, main) for arm in ARMS)
+        + "."
+    )
     return Analysis(verdict, reason, headline, table)
+
+
+def _where(results: list[dict[str, Any]], arm: str, axis: str, warmup: bool | None) -> str:
+    """Computed description of one arm: its best setting (by mean loss), and where it diverged."""
+    runs = [
+        r for r in results if r["arm"] == arm and axis in r and (warmup is None or r.get("warmup") == warmup)
+    ]
+    values = sorted({r[axis] for r in runs})
+    means = {v: mean_interval([_loss(r) for r in runs if r[axis] == v]).mean for v in values}
+    finite = {v: m for v, m in means.items() if math.isfinite(m)}
+    best_at = min(finite, key=finite.get) if finite else None
+    diverged = [f"{v:g}" for v in values if any(r["diverged"] for r in runs if r[axis] == v)]
+    if best_at is None:
+        return f"{arm} never finite"
+    text = f"{arm} best at {best_at:g} ({finite[best_at]:.2f})"
+    top = max(finite)
+    if top != best_at:
+        text += f", {finite[top]:.2f} at {top:g}"
+    return text + (f", diverged at {', '.join(diverged)}" if diverged else "")
 
 
 def _cell(iv: Any) -> str:
@@ -155,33 +185,40 @@ def _cell(iv: Any) -> str:
 
 
 def _figure(results: list[dict[str, Any]], path: Path, axis: str, label: str) -> None:
+    """Final val loss against the setting, mean and 95% interval over the seeds that stayed finite;
+    a cross at the top marks a setting where some seed diverged."""
     from albert_gpt.study.claims.plots import error_bars, pyplot, save
 
     plt = pyplot()
     warmups = (True, False) if axis == "lr" else (None,)
     fig, axes = plt.subplots(1, len(warmups), figsize=(6 * len(warmups), 3.6), squeeze=False)
     values = sorted({r[axis] for r in results if axis in r})
+    finite_losses = [_loss(r) for r in results if axis in r and math.isfinite(_loss(r))]
+    low, high = min(finite_losses) - 0.1, max(finite_losses) + 0.2
     for ax, w in zip(axes[0], warmups):
         for i, arm in enumerate(ARMS):
-            ivs = [
-                mean_interval(
-                    [
-                        min(_loss(r), 10.0)
-                        for r in results
-                        if r["arm"] == arm and r.get(axis) == v and (w is None or r.get("warmup") == w)
-                    ]
-                )
-                for v in values
+            runs = [
+                r for r in results if r["arm"] == arm and axis in r and (w is None or r.get("warmup") == w)
             ]
+            xs, ivs, crosses = [], [], []
+            for v in values:
+                losses = [_loss(r) for r in runs if r[axis] == v]
+                finite = [x for x in losses if math.isfinite(x)]
+                if finite:
+                    xs.append(v)
+                    ivs.append(mean_interval(finite))
+                if len(finite) < len(losses):
+                    crosses.append(v)
             means, err = error_bars(ivs)
-            ax.errorbar(values, means, yerr=err, color=f"C{i}", marker="o", ms=3, capsize=2, label=arm)
+            ax.errorbar(xs, means, yerr=err, color=f"C{i}", marker="o", ms=3, capsize=2, label=arm)
+            ax.plot(crosses, [high - 0.03 * (i + 1)] * len(crosses), "x", color=f"C{i}")
         ax.set(
             xscale="log",
             xlabel=label,
-            ylabel="final val loss (diverged shown at 10)",
+            ylabel="final val loss (x: a seed diverged)",
             title="" if w is None else f"warmup {'on' if w else 'off'}",
+            ylim=(low, high),
         )
-        ax.set_ylim(top=min(6.0, ax.get_ylim()[1]))
     axes[0][0].legend(fontsize=7)
     save(fig, path)
 
