@@ -19,25 +19,40 @@ CONFIG = "configs/claims/gradients.yaml"
 PLACEMENTS = ("post-LN", "pre-LN", "no norm + final LN", "no norm, bare")
 SIZES = {
     "cpu": {"depths": (2, 4, 8, 16, 32, 64), "stds": (0.02, 0.06, 0.125, 0.25), "seeds": (1, 2, 3)},
-    "gpu": {"depths": (2, 4, 8, 16, 32, 64, 128), "stds": (0.02, 0.06, 0.125, 0.25),
-            "seeds": (1, 2, 3, 4, 5)},
+    "gpu": {
+        "depths": (2, 4, 8, 16, 32, 64, 128),
+        "stds": (0.02, 0.06, 0.125, 0.25),
+        "seeds": (1, 2, 3, 4, 5),
+    },
 }
 STEADY = 0.3  # |b| at most this: steady; a gradient that changes 6x over 2..64 layers has |b| = 0.52
 
 
 def cells(size: str) -> list[dict[str, Any]]:
     s = SIZES[size]
-    return [{"arm": arm, "sharing": sharing, "init_std": std, "n_layers": L, "seed": seed}
-            for arm in PLACEMENTS for sharing in ("shared", "unshared") for std in s["stds"]
-            for L in s["depths"] for seed in s["seeds"]]
+    return [
+        {"arm": arm, "sharing": sharing, "init_std": std, "n_layers": L, "seed": seed}
+        for arm in PLACEMENTS
+        for sharing in ("shared", "unshared")
+        for std in s["stds"]
+        for L in s["depths"]
+        for seed in s["seeds"]
+    ]
 
 
 def measure(cell: dict[str, Any]) -> dict[str, Any]:
     """||dLoss/dW2|| of every layer's FFN output projection at init, on one fixed batch."""
     L = cell["n_layers"]
-    cfg = claim_config(CONFIG, [*ARMS[cell["arm"]], *sharing_overrides(cell["sharing"], L),
-                                f"model.n_layers={L}", f"model.init_std={cell['init_std']}",
-                                f"run.seed={cell['seed']}"])
+    cfg = claim_config(
+        CONFIG,
+        [
+            *ARMS[cell["arm"]],
+            *sharing_overrides(cell["sharing"], L),
+            f"model.n_layers={L}",
+            f"model.init_std={cell['init_std']}",
+            f"run.seed={cell['seed']}",
+        ],
+    )
     data = prepared_data(cfg)
     from albert_gpt.study.claims.common import build_model
 
@@ -56,8 +71,11 @@ def exponents(results: list[dict[str, Any]], arm: str, sharing: str, std: float)
     """Per seed: the slope b of log ||dL/dW2 (last layer)|| against log L."""
     out = []
     for seed in sorted({r["seed"] for r in results}):
-        pts = sorted((r["n_layers"], _value(r["per_layer"][-1])) for r in results
-                     if (r["arm"], r["sharing"], r["init_std"], r["seed"]) == (arm, sharing, std, seed))
+        pts = sorted(
+            (r["n_layers"], _value(r["per_layer"][-1]))
+            for r in results
+            if (r["arm"], r["sharing"], r["init_std"], r["seed"]) == (arm, sharing, std, seed)
+        )
         if any(not math.isfinite(g) for _, g in pts):
             out.append(math.inf)  # overflowed: the gradient exploded beyond float32
         else:
@@ -82,21 +100,37 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
                 if arm == "no norm, bare" and std >= 0.125:
                     bare_unsteady &= outside
     table = markdown_table(["arm", "sharing", *[f"b at init std {s}" for s in stds]], rows)
-    post = mean_interval(exponents(results, "post-LN", "unshared", 0.125))
-    bare = mean_interval(exponents(results, "no norm, bare", "unshared", 0.125))
-    headline = f"b at init std 0.125, unshared: post-LN {_show(post)}; no norm, bare {_show(bare)}"
+    at = {
+        (arm, sh): _show(mean_interval(exponents(results, arm, sh, 0.125)))
+        for arm in ("post-LN", "no norm, bare")
+        for sh in ("shared", "unshared")
+    }
+    headline = (
+        f"b at init std 0.125: post-LN {at['post-LN', 'shared']} shared, {at['post-LN', 'unshared']} "
+        f"unshared; no norm, bare {at['no norm, bare', 'shared']} shared, "
+        f"{at['no norm, bare', 'unshared']} unshared"
+    )
     if post_steady and bare_unsteady:
-        verdict, reason = "supported", (
-            f"post-LN's interval of b lies inside ±{STEADY} at every init scale, shared and unshared, "
-            "and the bare model's lies outside it at init std 0.125 and 0.25.")
+        verdict, reason = (
+            "supported",
+            (
+                f"post-LN's interval of b lies inside ±{STEADY} at every init scale, shared and unshared, "
+                "and the bare model's lies outside it at init std 0.125 and 0.25."
+            ),
+        )
     elif post_unsteady:
         verdict = "contradicted"
         reason = f"post-LN's interval of b lies outside ±{STEADY} at some init scale."
     else:
         post_part = "stays" if post_steady else "does not always stay"
         bare_part = "leaves" if bare_unsteady else "does not always leave"
-        verdict, reason = "mixed", (f"post-LN {post_part} within ±{STEADY}; the bare model {bare_part} "
-                                    "it at init std 0.125 and 0.25.")
+        verdict, reason = (
+            "mixed",
+            (
+                f"post-LN {post_part} within ±{STEADY}; the bare model {bare_part} "
+                "it at init std 0.125 and 0.25."
+            ),
+        )
     return Analysis(verdict, reason, headline, table)
 
 
@@ -122,8 +156,17 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
                 if not xs:
                     continue
                 means, err = error_bars([mean_interval(by_l[L]) for L in xs], log_scale=True)
-                ax.errorbar(xs, means, yerr=err, color=colours[arm], ls=ls, marker="o", ms=2, capsize=2,
-                            label=f"{arm}, {sharing}")
+                ax.errorbar(
+                    xs,
+                    means,
+                    yerr=err,
+                    color=colours[arm],
+                    ls=ls,
+                    marker="o",
+                    ms=2,
+                    capsize=2,
+                    label=f"{arm}, {sharing}",
+                )
         ax.set(xscale="log", yscale="log", title=f"init std {std}", xlabel="L (layer applications)")
         depths = sorted({r["n_layers"] for r in results})
         ax.set_xticks(depths, [str(L) for L in depths])
@@ -134,8 +177,11 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     ax = axes[-1]
     deepest = max(r["n_layers"] for r in results)
     for arm in PLACEMENTS:
-        rows = [r for r in results if (r["arm"], r["sharing"], r["init_std"], r["n_layers"])
-                == (arm, "unshared", 0.125, deepest)]
+        rows = [
+            r
+            for r in results
+            if (r["arm"], r["sharing"], r["init_std"], r["n_layers"]) == (arm, "unshared", 0.125, deepest)
+        ]
         per = [[_value(v) for v in r["per_layer"]] for r in rows]
         if not per or any(not math.isfinite(v) for p in per for v in p):
             continue
@@ -148,19 +194,24 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
 
 
 CLAIM = Claim(
-    letter="b", name="gradients", title="Normalization keeps gradients steady across depth",
+    letter="b",
+    name="gradients",
+    title="Normalization keeps gradients steady across depth",
     sections="2, 2.1",
     statement="Without normalization the gradients of a deep stack vanish or explode with depth; post-LN "
-              "keeps each layer's gradient about the same size whatever the depth.",
+    "keeps each layer's gradient about the same size whatever the depth.",
     experiment="At initialization (no training), one fixed batch of 8 x 64 characters: the gradient norm of "
-               "every layer's FFN output projection W2 for post-LN, pre-LN, no norm with a final LN and no "
-               "norm at all, shared (one block applied L times; the gradient of each application, taken on "
-               "an unshared copy) and unshared, init std 0.02 / 0.06 / 0.125 / 0.25, L = 2 ... 64, 3 seeds.",
+    "every layer's FFN output projection W2 for post-LN, pre-LN, no norm with a final LN and no "
+    "norm at all, shared (one block applied L times; the gradient of each application, taken on "
+    "an unshared copy) and unshared, init std 0.02 / 0.06 / 0.125 / 0.25, L = 2 ... 64, 3 seeds.",
     config=CONFIG,
     metric="the exponent b in ||dLoss/dW2 of the last layer|| ~ L^b, fitted per seed over L (least squares "
-           "on logs); mean and 95% t interval over seeds. 'overflow': a gradient was not finite in float32.",
+    "on logs); mean and 95% t interval over seeds. 'overflow': a gradient was not finite in float32.",
     rule=f"supported if post-LN's interval of b lies inside [-{STEADY}, {STEADY}] at every init std, shared "
-         f"and unshared, and the bare no-norm model's lies entirely outside it at init std 0.125 and 0.25; "
-         f"contradicted if post-LN's lies entirely outside it at some init std; otherwise mixed.",
-    cells=cells, measure=measure, analyze=analyze, figure=figure,
+    f"and unshared, and the bare no-norm model's lies entirely outside it at init std 0.125 and 0.25; "
+    f"contradicted if post-LN's lies entirely outside it at some init std; otherwise mixed.",
+    cells=cells,
+    measure=measure,
+    analyze=analyze,
+    figure=figure,
 )
