@@ -154,6 +154,9 @@ def _analyze(results: list[dict[str, Any]], axis: str, label: str) -> Analysis:
             "the arms here."
         )
     reason += (
+        f" Against no norm with a final LN (normalized only before the head) the difference is {vs_final}."
+    )
+    reason += (
         " Where each arm does best, and where it fails: "
         + "; ".join(_where(results, arm, axis, main) for arm in ARMS)
         + "."
