@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from albert_gpt.config import load_config
 from albert_gpt.study.claims.common import (
     ARMS,
-    claim_config,
     eval_loss,
     prepared_data,
     probe_batch,
@@ -52,7 +52,7 @@ def layer_rms(model: Any, x: torch.Tensor) -> list[float]:
 
 
 def measure(cell: dict[str, Any]) -> dict[str, Any]:
-    cfg = claim_config(
+    cfg = load_config(
         CONFIG, [*ARMS[cell["arm"]], *sharing_overrides(cell["sharing"], 6), f"run.seed={cell['seed']}"]
     )
     data = prepared_data(cfg)

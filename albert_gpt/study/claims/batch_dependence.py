@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from albert_gpt.config import load_config
 from albert_gpt.data.batches import RandomWindowSampler
-from albert_gpt.study.claims.common import ARMS, build_model, claim_config, eval_loss, prepared_data
+from albert_gpt.study.claims.common import ARMS, build_model, eval_loss, prepared_data
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.stats import mean_interval, paired_difference
 from albert_gpt.study.report import markdown_table
@@ -66,7 +67,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
     else:
         arm, batch, masked = ARM_OF[cell["norm"]], cell["batch_size"], False
     steps = TOKENS // (batch * 32)
-    cfg = claim_config(
+    cfg = load_config(
         CONFIG,
         [
             *ARMS[arm],

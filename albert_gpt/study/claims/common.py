@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from albert_gpt.config import Config, load_config
+from albert_gpt.config import Config
 from albert_gpt.data.batches import RandomWindowSampler
 from albert_gpt.inference.evaluate import evaluate_tokens
 from albert_gpt.modeling.model import AlbertGPT
@@ -32,10 +32,6 @@ ARMS: dict[str, list[str]] = {
     "RMSNorm": ["model.norm_placement=post", "model.norm=rmsnorm"],
 }
 EVAL_SEED = 1_000_003  # evaluation windows: fixed, apart from every training seed
-
-
-def claim_config(path: str, overrides: list[str]) -> Config:
-    return load_config(path, overrides)
 
 
 def sharing_overrides(sharing: str, n_layers: int) -> list[str]:
@@ -68,8 +64,12 @@ class Trained:
     diverged: bool  # stopped after too many non-finite steps in a row
 
 
-def train_model(cfg: Config, data: Any, on_step: Callable[[int, AlbertGPT], None] | None = None,
-                model: AlbertGPT | None = None) -> Trained:
+def train_model(
+    cfg: Config,
+    data: Any,
+    on_step: Callable[[int, AlbertGPT], None] | None = None,
+    model: AlbertGPT | None = None,
+) -> Trained:
     """cfg.train.max_steps optimizer steps as the trainer takes them (AdamW groups, warmup and
     schedule, clipping, the non-finite guard), on CPU in float32, without run files.
     `on_step(step, model)` is called before step 0 and after every step."""
@@ -79,16 +79,25 @@ def train_model(cfg: Config, data: Any, on_step: Callable[[int, AlbertGPT], None
     model.train()
     optimizer = build_optimizer(model, t, device)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    sampler = RandomWindowSampler(data.splits["train"].tokens, cfg.model.block_size, t.batch_size,
-                                  cfg.run.seed)
+    sampler = RandomWindowSampler(
+        data.splits["train"].tokens, cfg.model.block_size, t.batch_size, cfg.run.seed
+    )
     torch.manual_seed(cfg.run.seed)  # dropout
     losses, skipped, in_a_row = [], 0, 0
     if on_step is not None:
         on_step(0, model)
     for step in range(t.max_steps):
         set_lr(optimizer, lr_at(step, t, t.max_steps))
-        result = train_step(model, optimizer, scaler, lambda micro, s=step: sampler.batch(s, micro),
-                            t.grad_accum_steps, device, dtype, t.grad_clip)
+        result = train_step(
+            model,
+            optimizer,
+            scaler,
+            lambda micro, s=step: sampler.batch(s, micro),
+            t.grad_accum_steps,
+            device,
+            dtype,
+            t.grad_clip,
+        )
         loss = float(result.loss)
         losses.append(math.nan if result.skipped else loss)
         skipped += result.skipped
@@ -100,15 +109,23 @@ def train_model(cfg: Config, data: Any, on_step: Callable[[int, AlbertGPT], None
     return Trained(model, losses, skipped, diverged=False)
 
 
-def eval_loss(model: AlbertGPT, data: Any, cfg: Config, split: str = "val", batches: int = 8,
-              batch_size: int = 16, train_mode: bool = False) -> float:
+def eval_loss(
+    model: AlbertGPT,
+    data: Any,
+    cfg: Config,
+    split: str = "val",
+    batches: int = 8,
+    batch_size: int = 16,
+    train_mode: bool = False,
+) -> float:
     """Token-weighted loss on the split's first `batches` evaluation batches (a fixed subset)."""
     was = model.training
     model.train(train_mode)
     try:
         with torch.no_grad():
-            result = evaluate_tokens(model, data.splits[split].tokens, cfg.model.block_size, batch_size,
-                                     "cpu", max_batches=batches)
+            result = evaluate_tokens(
+                model, data.splits[split].tokens, cfg.model.block_size, batch_size, "cpu", max_batches=batches
+            )
     finally:
         model.train(was)
     return float(result["loss"])

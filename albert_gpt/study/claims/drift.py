@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
+from albert_gpt.config import load_config
 from albert_gpt.study.claims.common import (
     ARMS,
-    claim_config,
     eval_loss,
     prepared_data,
     probe_batch,
@@ -76,7 +76,7 @@ def cells(size: str) -> list[dict[str, Any]]:
 
 
 def measure(cell: dict[str, Any]) -> dict[str, Any]:
-    cfg = claim_config(CONFIG, [*ARMS[cell["arm"]], f"run.seed={cell['seed']}"])
+    cfg = load_config(CONFIG, [*ARMS[cell["arm"]], f"run.seed={cell['seed']}"])
     data = prepared_data(cfg)
     x, _ = probe_batch(data, cfg)
     last: dict[str, Any] = {}

@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from albert_gpt.study.claims.common import ARMS, claim_config, eval_loss, prepared_data, train_model
+from albert_gpt.config import load_config
+from albert_gpt.study.claims.common import ARMS, eval_loss, prepared_data, train_model
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.stats import mean_interval, paired_difference
 from albert_gpt.study.report import markdown_table
@@ -30,7 +31,7 @@ def cells(size: str) -> list[dict[str, Any]]:
 
 
 def measure(cell: dict[str, Any]) -> dict[str, Any]:
-    cfg = claim_config(CONFIG, [*ARMS_HERE[cell["arm"]], f"run.seed={cell['seed']}"])
+    cfg = load_config(CONFIG, [*ARMS_HERE[cell["arm"]], f"run.seed={cell['seed']}"])
     data = prepared_data(cfg)
     curve: list[list[float]] = []
 

@@ -9,7 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from albert_gpt.study.claims.common import ARMS, claim_config, prepared_data, probe_batch, sharing_overrides
+from albert_gpt.config import load_config
+from albert_gpt.study.claims.common import ARMS, prepared_data, probe_batch, sharing_overrides
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.stats import loglog_slope, mean_interval
 from albert_gpt.study.grad_at_init import ffn_out_grad_norms, unshared_copy
@@ -43,7 +44,7 @@ def cells(size: str) -> list[dict[str, Any]]:
 def measure(cell: dict[str, Any]) -> dict[str, Any]:
     """||dLoss/dW2|| of every layer's FFN output projection at init, on one fixed batch."""
     L = cell["n_layers"]
-    cfg = claim_config(
+    cfg = load_config(
         CONFIG,
         [
             *ARMS[cell["arm"]],

@@ -74,8 +74,15 @@ def _measure(claim_name: str, cell: dict[str, Any]) -> tuple[str, dict[str, Any]
     return cell_key(cell), {**cell, **result, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def run_claim(claim: Claim, size: str = "cpu", workers: int = 2, work_dir: Path = Path("claims_runs"),
-              results_dir: Path = RESULTS_DIR, progress: bool = True, fresh: bool = False) -> Path:
+def run_claim(
+    claim: Claim,
+    size: str = "cpu",
+    workers: int = 2,
+    work_dir: Path = Path("claims_runs"),
+    results_dir: Path = RESULTS_DIR,
+    progress: bool = True,
+    fresh: bool = False,
+) -> Path:
     """Measure every cell of `claim` (cells already measured in `work_dir` are reused unless `fresh`),
     then write the results file `results_dir/<name>.json` and the claim's figure; returns that file."""
     cells = claim.cells(size)
@@ -88,8 +95,13 @@ def run_claim(claim: Claim, size: str = "cpu", workers: int = 2, work_dir: Path 
             done[cell_key(cell)] = json.loads(path.read_text(encoding="utf-8"))
     todo = [c for c in cells if cell_key(c) not in done]
     started = time.perf_counter()
-    bar = tqdm(total=len(cells), initial=len(done), desc=f"claim {claim.letter} ({claim.name})", unit="cell",
-               disable=not progress)
+    bar = tqdm(
+        total=len(cells),
+        initial=len(done),
+        desc=f"claim {claim.letter} ({claim.name})",
+        unit="cell",
+        disable=not progress,
+    )
     if todo and workers > 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
@@ -106,13 +118,27 @@ def run_claim(claim: Claim, size: str = "cpu", workers: int = 2, work_dir: Path 
     results = [done[cell_key(c)] for c in cells]
     results_dir.mkdir(parents=True, exist_ok=True)
     out = results_dir / f"{claim.name}.json"
-    out.write_text(json.dumps({
-        "claim": claim.letter, "name": claim.name, "size": size, "cells": results,
-        "wall_seconds_this_call": round(time.perf_counter() - started, 1),
-        "cell_seconds_total": round(sum(r.get("seconds", 0.0) for r in results), 1),
-        "machine": {"torch": torch.__version__, "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine(), "workers": workers},
-    }, indent=1) + "\n", encoding="utf-8")
+    out.write_text(
+        json.dumps(
+            {
+                "claim": claim.letter,
+                "name": claim.name,
+                "size": size,
+                "cells": results,
+                "wall_seconds_this_call": round(time.perf_counter() - started, 1),
+                "cell_seconds_total": round(sum(r.get("seconds", 0.0) for r in results), 1),
+                "machine": {
+                    "torch": torch.__version__,
+                    "python": platform.python_version(),
+                    "processor": platform.processor() or platform.machine(),
+                    "workers": workers,
+                },
+            },
+            indent=1,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     if claim.figure is not None:
         claim.figure(results, results_dir / f"{claim.name}.png")
     if claim.tensorboard is not None:
@@ -160,8 +186,10 @@ def write_ledger(claims: list[Claim], results_dir: Path = RESULTS_DIR, path: Pat
         analysis = claim.analyze(results) if results else None
         verdict = analysis.verdict if analysis else "not run yet"
         headline = analysis.headline if analysis else "-"
-        summary.append(f"| {claim.letter} | [{claim.title}](#{claim.letter}-{_anchor(claim.title)}) | "
-                       f"{claim.sections} | **{verdict}** | {headline} |")
+        summary.append(
+            f"| {claim.letter} | [{claim.title}](#{claim.letter}-{_anchor(claim.title)}) | "
+            f"{claim.sections} | **{verdict}** | {headline} |"
+        )
         sections.append(_section(claim, analysis, results_dir))
     text = _HEADER + "\n" + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,8 +218,7 @@ def _section(claim: Claim, analysis: Analysis | None, results_dir: Path) -> str:
     if analysis is None:
         lines.append("**Result**: not run yet.")
         return "\n".join(lines)
-    lines += ["**Result**:", "", analysis.table, "",
-              f"**Verdict: {analysis.verdict}.** {analysis.reason}"]
+    lines += ["**Result**:", "", analysis.table, "", f"**Verdict: {analysis.verdict}.** {analysis.reason}"]
     if (results_dir / f"{claim.name}.png").is_file():
         lines += ["", f"![claim {claim.letter}](claims/{claim.name}.png)"]
     return "\n".join(lines)

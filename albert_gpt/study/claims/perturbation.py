@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from albert_gpt.study.claims.common import ARMS, claim_config, prepared_data, probe_batch, train_model
+from albert_gpt.config import load_config
+from albert_gpt.study.claims.common import ARMS, prepared_data, probe_batch, train_model
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.stats import mean_interval, paired_difference
 from albert_gpt.study.report import markdown_table
@@ -55,7 +56,7 @@ def cells(size: str) -> list[dict[str, Any]]:
 
 
 def measure(cell: dict[str, Any]) -> dict[str, Any]:
-    cfg = claim_config(CONFIG, [*ARMS[cell["arm"]], f"run.seed={cell['seed']}"])
+    cfg = load_config(CONFIG, [*ARMS[cell["arm"]], f"run.seed={cell['seed']}"])
     data = prepared_data(cfg)
     x, _ = probe_batch(data, cfg)
     out: dict[str, Any] = {}

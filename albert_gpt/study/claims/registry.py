@@ -18,9 +18,18 @@ def all_claims() -> list[Claim]:
         sensitivity,
     )
 
-    return [formula.CLAIM, gradients.CLAIM, drift.CLAIM, perturbation.CLAIM, activations.CLAIM,
-            sensitivity.LR_CLAIM, sensitivity.INIT_CLAIM, sensitivity.BATCH_CLAIM, generalization.CLAIM,
-            batch_dependence.CLAIM]
+    return [
+        formula.CLAIM,
+        gradients.CLAIM,
+        drift.CLAIM,
+        perturbation.CLAIM,
+        activations.CLAIM,
+        sensitivity.LR_CLAIM,
+        sensitivity.INIT_CLAIM,
+        sensitivity.BATCH_CLAIM,
+        generalization.CLAIM,
+        batch_dependence.CLAIM,
+    ]
 
 
 def get_claim(name: str) -> Claim:

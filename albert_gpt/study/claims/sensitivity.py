@@ -9,7 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from albert_gpt.study.claims.common import ARMS, claim_config, eval_loss, prepared_data, train_model
+from albert_gpt.config import load_config
+from albert_gpt.study.claims.common import ARMS, eval_loss, prepared_data, train_model
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.stats import mean_interval, paired_difference
 from albert_gpt.study.report import markdown_table
@@ -49,7 +50,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
             f"train.max_steps={steps}",
             f"train.warmup_steps={steps // 10}",
         ]
-    cfg = claim_config(CONFIG, overrides)
+    cfg = load_config(CONFIG, overrides)
     data = prepared_data(cfg)
     trained = train_model(cfg, data)
     loss = math.inf if trained.diverged else eval_loss(trained.model, data, cfg)
