@@ -174,7 +174,11 @@ def _where(results: list[dict[str, Any]], arm: str, axis: str, warmup: bool | No
     means = {v: mean_interval([_loss(r) for r in runs if r[axis] == v]).mean for v in values}
     finite = {v: m for v, m in means.items() if math.isfinite(m)}
     best_at = min(finite, key=finite.get) if finite else None
-    diverged = [f"{v:g}" for v in values if any(r["diverged"] for r in runs if r[axis] == v)]
+    diverged = [
+        f"{v:g}"
+        for v in values
+        if any(r.get("diverged") or r["val_loss"] is None for r in runs if r[axis] == v)
+    ]
     if best_at is None:
         return f"{arm} never finite"
     text = f"{arm} best at {best_at:g} ({finite[best_at]:.2f})"
