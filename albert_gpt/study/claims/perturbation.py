@@ -127,6 +127,17 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
             "post-LN damps perturbations in some settings only, or the intervals "
             "do not resolve the difference.",
         )
+    details = "; ".join(f"against {other} {when}: {d}" for (other, when), d in diffs.items())
+    reason += f" Log ratio of post-LN's last-layer amplification to the other arm's, {details}."
+    grows = [
+        arm
+        for arm in ARMS_HERE
+        for r in _runs(results, arm)
+        for w in ("init", "trained")
+        if amplification(r, w, "last layer") > 1
+    ]
+    if not grows:
+        reason += " In no arm and no seed did the perturbation grow: every amplification is below 1."
     return Analysis(verdict, reason, headline, table)
 
 
