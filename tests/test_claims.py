@@ -267,3 +267,25 @@ def test_drift_curves_are_written_for_tensorboard(tmp_path):
     acc.Reload()
     assert [(e.step, round(e.value, 6)) for e in acc.Scalars("ics/drift")] == [(10, 0.5), (20, 0.25)]
     assert [round(e.value, 6) for e in acc.Scalars("ics/depth_01/drift")] == [0.6, 0.3]
+
+
+def test_evaluation_in_train_mode_uses_batch_statistics():
+    """train_mode scores with BatchNorm's batch statistics (the train/eval gap claim h reports); a
+    LayerNorm model scores the same either way, and the model's own mode is restored."""
+    from albert_gpt.inference.evaluate import evaluate_tokens
+
+    tokens = torch.randint(0, V, (200,), generator=torch.Generator().manual_seed(0))
+    for model, differs in ((tiny(norm="batchnorm"), True), (tiny(), False)):
+        model.eval()
+        eval_mode = evaluate_tokens(model, tokens, T, 4, "cpu", max_batches=3)["loss"]
+        train_mode = evaluate_tokens(model, tokens, T, 4, "cpu", max_batches=3, train_mode=True)["loss"]
+        assert (abs(eval_mode - train_mode) > 1e-4) == differs
+        assert not model.training
+    model = tiny(norm="batchnorm").eval()
+    x = torch.stack([tokens[i * T: i * T + T] for i in range(4)])
+    y = torch.stack([tokens[i * T + 1: i * T + T + 1] for i in range(4)])
+    with torch.no_grad():
+        by_hand = model.train()(x, y)[1].item()
+    model.eval()
+    got = evaluate_tokens(model, tokens, T, 4, "cpu", max_batches=1, train_mode=True)["loss"]
+    assert got == pytest.approx(by_hand, rel=1e-5)

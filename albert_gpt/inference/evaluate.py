@@ -107,8 +107,13 @@ def evaluate_tokens(
     progress: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    train_mode: bool = False,
 ) -> dict[str, Any]:
     """Token-weighted loss (nats), perplexity and bits per byte of `model` on `tokens`.
+
+    The model is scored in eval mode unless `train_mode` (BatchNorm then normalizes each batch with
+    its own statistics, updating its running ones as training would, and dropout is active: what the
+    train/eval gap of a model is measured with).
 
     `tokens` is any 1-D integer sequence supporting slicing (numpy memmap, array, tensor).
     `max_batches` scores only the first batches of the plan, a fixed subset, so periodic
@@ -133,7 +138,7 @@ def evaluate_tokens(
     if max_batches is not None:
         total = min(total, max_batches)
     was_training = model.training
-    model.eval()
+    model.train(train_mode)
     nll_sum, count = 0.0, 0
     try:
         mine = range(rank, total, world_size)

@@ -118,16 +118,18 @@ def eval_loss(
     batch_size: int = 16,
     train_mode: bool = False,
 ) -> float:
-    """Token-weighted loss on the split's first `batches` evaluation batches (a fixed subset)."""
-    was = model.training
-    model.train(train_mode)
-    try:
-        with torch.no_grad():
-            result = evaluate_tokens(
-                model, data.splits[split].tokens, cfg.model.block_size, batch_size, "cpu", max_batches=batches
-            )
-    finally:
-        model.train(was)
+    """Token-weighted loss on the split's first `batches` evaluation batches (a fixed subset); with
+    `train_mode`, BatchNorm normalizes each of those batches with its own statistics."""
+    with torch.no_grad():
+        result = evaluate_tokens(
+            model,
+            data.splits[split].tokens,
+            cfg.model.block_size,
+            batch_size,
+            "cpu",
+            max_batches=batches,
+            train_mode=train_mode,
+        )
     return float(result["loss"])
 
 
