@@ -183,6 +183,14 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
             "mixed",
             "only part of the predicted BatchNorm penalty is resolved by the intervals.",
         )
+    masked_gap = paired_difference(
+        [_loss(r) for r in pad["BN, padding masked"]], [_loss(r) for r in pad["LN"]]
+    )
+    by_size = ", ".join(f"batch {b} {gaps[b]}" for b in BATCHES)
+    reason += (
+        f" BN minus LN, paired by seed: {by_size}; on padded batches {pad_gap} with padding in BN's "
+        f"statistics and {masked_gap} with it masked out."
+    )
     return Analysis(verdict, reason, headline, table)
 
 
