@@ -66,7 +66,7 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
             ["quantity", "mean [95% CI] over seeds", "worst"],
             [
                 [
-                    "max |formula - torch.nn.functional.layer_norm|",
+                    "largest absolute difference, formula against torch.nn.functional.layer_norm",
                     str(values),
                     f"{max(r['max_value_error'] for r in results):.2e}",
                 ],
@@ -91,7 +91,9 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
         for r in results
     )
     worst = max(r["max_value_error"] for r in results)
-    headline = f"max |formula - torch| {worst:.1e}; gradcheck passed in {checks} of {len(results)} seeds"
+    headline = (
+        f"largest difference from torch {worst:.1e}; gradcheck passed in {checks} of {len(results)} seeds"
+    )
     if ok:
         return Analysis(
             "supported",

@@ -188,7 +188,7 @@ def write_ledger(claims: list[Claim], results_dir: Path = RESULTS_DIR, path: Pat
         headline = analysis.headline if analysis else "-"
         summary.append(
             f"| {claim.letter} | [{claim.title}](#{claim.letter}-{_anchor(claim.title)}) | "
-            f"{claim.sections} | **{verdict}** | {headline} |"
+            f"{claim.sections} | **{verdict}** | {headline.replace('|', '/')} |"
         )
         sections.append(_section(claim, analysis, results_dir))
     text = _HEADER + "\n" + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n"
