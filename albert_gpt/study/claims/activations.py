@@ -18,6 +18,7 @@ from albert_gpt.study.claims.common import (
     eval_loss,
     prepared_data,
     probe_batch,
+    runs_where,
     sharing_overrides,
     train_model,
     unigram_loss,
@@ -79,16 +80,12 @@ def spread(rms: list[float]) -> float:
     return max(finite) / min(finite) if len(finite) == len(rms) else math.inf
 
 
-def _by(results: list[dict[str, Any]], arm: str, sharing: str) -> list[dict[str, Any]]:
-    return sorted((r for r in results if (r["arm"], r["sharing"]) == (arm, sharing)), key=lambda r: r["seed"])
-
-
 def analyze(results: list[dict[str, Any]]) -> Analysis:
     rows = []
     post_steady, others_wider, post_trains = True, True, True
     for arm in ARMS_HERE:
         for sharing in ("shared", "unshared"):
-            runs = _by(results, arm, sharing)
+            runs = runs_where(results, arm=arm, sharing=sharing)
             init = mean_interval([spread(r["rms_init"]) for r in runs])
             trained = mean_interval([spread(r["rms_trained"]) for r in runs])
             margin = mean_interval([r["unigram_loss"] - r["val_loss"] for r in runs])
@@ -97,7 +94,7 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
                 post_steady &= init.high <= STEADY and trained.high <= STEADY
                 post_trains &= all(r["unigram_loss"] - r["val_loss"] > 0.2 for r in runs)
             else:
-                post_runs = _by(results, "post-LN", sharing)
+                post_runs = runs_where(results, arm="post-LN", sharing=sharing)
                 for key in ("rms_init", "rms_trained"):
                     ours, post = [spread(r[key]) for r in runs], [spread(r[key]) for r in post_runs]
                     diff = paired_difference(ours, post)
@@ -112,8 +109,10 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
         ],
         rows,
     )
-    post = mean_interval([spread(r["rms_trained"]) for r in _by(results, "post-LN", "shared")])
-    pre = mean_interval([spread(r["rms_trained"]) for r in _by(results, "pre-LN", "shared")])
+    post, pre = (
+        mean_interval([spread(r["rms_trained"]) for r in runs_where(results, arm=arm, sharing="shared")])
+        for arm in ("post-LN", "pre-LN")
+    )
     headline = f"RMS spread after training, shared: post-LN {post}, pre-LN {pre}"
     if post_steady and others_wider and post_trains:
         verdict, reason = (
@@ -150,7 +149,7 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     panels = [(s, k) for s in ("shared", "unshared") for k in ("rms_init", "rms_trained")]
     for ax, (sharing, key) in zip(axes, panels):
         for i, arm in enumerate(ARMS_HERE):
-            runs = _by(results, arm, sharing)
+            runs = runs_where(results, arm=arm, sharing=sharing)
             per_layer = [mean_interval(col) for col in zip(*(r[key] for r in runs))]
             means, err = error_bars(per_layer, log_scale=True)
             ax.errorbar(

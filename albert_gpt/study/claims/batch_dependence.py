@@ -15,7 +15,7 @@ from torch import nn
 
 from albert_gpt.config import load_config
 from albert_gpt.data.batches import RandomWindowSampler
-from albert_gpt.study.claims.common import ARMS, build_model, eval_loss, prepared_data
+from albert_gpt.study.claims.common import ARMS, build_model, eval_loss, prepared_data, runs_where
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.stats import mean_interval, paired_difference
 from albert_gpt.study.report import markdown_table
@@ -115,17 +115,11 @@ def _loss(r: dict[str, Any], key: str = "val_loss") -> float:
     return math.inf if r[key] is None else r[key]
 
 
-def _runs(results: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
-    return sorted(
-        (r for r in results if all(r.get(k) == v for k, v in match.items())), key=lambda r: r["seed"]
-    )
-
-
 def analyze(results: list[dict[str, Any]]) -> Analysis:
     rows = []
     gaps = {}
     for b in BATCHES:
-        ln, bn = _runs(results, norm="LN", batch_size=b), _runs(results, norm="BN", batch_size=b)
+        ln, bn = runs_where(results, norm="LN", batch_size=b), runs_where(results, norm="BN", batch_size=b)
         gaps[b] = paired_difference([_loss(r) for r in bn], [_loss(r) for r in ln])
         mode_gap = mean_interval([_loss(r, "val_loss_train_mode") - _loss(r) for r in bn])
         rows.append(
@@ -147,7 +141,7 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
         ],
         rows,
     )
-    pad = {p: _runs(results, padded=p) for p in PADDED}
+    pad = {p: runs_where(results, padded=p) for p in PADDED}
     pad_rows = [
         [
             p,
@@ -202,7 +196,7 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     for i, norm in enumerate(ARM_OF):
         means, err = error_bars(
             [
-                mean_interval([min(_loss(r), 10) for r in _runs(results, norm=norm, batch_size=b)])
+                mean_interval([min(_loss(r), 10) for r in runs_where(results, norm=norm, batch_size=b)])
                 for b in BATCHES
             ]
         )
@@ -212,7 +206,7 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     )
     axes[0].legend(fontsize=7)
     means, err = error_bars(
-        [mean_interval([min(_loss(r), 10) for r in _runs(results, padded=p)]) for p in PADDED]
+        [mean_interval([min(_loss(r), 10) for r in runs_where(results, padded=p)]) for p in PADDED]
     )
     axes[1].bar(range(len(PADDED)), means, yerr=err, capsize=3, color=["C0", "C1", "C2"])
     axes[1].set_xticks(range(len(PADDED)), ["LN", "BN, pads\nin stats", "BN, pads\nmasked"])

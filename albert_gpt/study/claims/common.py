@@ -148,3 +148,10 @@ def probe_batch(data: Any, cfg: Config, batch_size: int = 8) -> tuple[torch.Tens
     """Fixed training windows for measurements at initialization or between steps."""
     sampler = RandomWindowSampler(data.splits["train"].tokens, cfg.model.block_size, batch_size, EVAL_SEED)
     return sampler.batch(0)
+
+
+def runs_where(results: list[dict[str, Any]], **match: Any) -> list[dict[str, Any]]:
+    """The cells whose keys have the given values, in seed order (so arms pair up by seed)."""
+    return sorted(
+        (r for r in results if all(r.get(k) == v for k, v in match.items())), key=lambda r: r["seed"]
+    )

@@ -23,6 +23,7 @@ from albert_gpt.study.claims.common import (
     eval_loss,
     prepared_data,
     probe_batch,
+    runs_where,
     train_model,
 )
 from albert_gpt.study.claims.ledger import Analysis, Claim
@@ -109,26 +110,22 @@ def mean_drift(r: dict[str, Any]) -> float:
     return statistics.fmean(values) if values and all(math.isfinite(v) for v in values) else math.inf
 
 
-def _runs(results: list[dict[str, Any]], arm: str) -> list[dict[str, Any]]:
-    return sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
-
-
 def analyze(results: list[dict[str, Any]]) -> Analysis:
     rows = [
         [
             arm,
-            str(mean_interval([mean_drift(r) for r in _runs(results, arm)])),
-            str(mean_interval([r["mean_train_loss"] or math.inf for r in _runs(results, arm)])),
-            str(mean_interval([r["val_loss"] for r in _runs(results, arm)])),
+            str(mean_interval([mean_drift(r) for r in runs_where(results, arm=arm)])),
+            str(mean_interval([r["mean_train_loss"] or math.inf for r in runs_where(results, arm=arm)])),
+            str(mean_interval([r["val_loss"] for r in runs_where(results, arm=arm)])),
         ]
         for arm in ARMS_HERE
     ]
     table = markdown_table(
         ["arm", "mean drift per 10 steps", "mean training loss (speed)", "final val loss"], rows
     )
-    post = [mean_drift(r) for r in _runs(results, "post-LN")]
+    post = [mean_drift(r) for r in runs_where(results, arm="post-LN")]
     diffs = {
-        other: paired_difference(post, [mean_drift(r) for r in _runs(results, other)])
+        other: paired_difference(post, [mean_drift(r) for r in runs_where(results, arm=other)])
         for other in ("no norm + final LN", "no norm, bare")
     }
     finite = [r for r in results if math.isfinite(mean_drift(r)) and r["mean_train_loss"] is not None]
@@ -171,7 +168,7 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for i, arm in enumerate(ARMS_HERE):
-        runs = _runs(results, arm)
+        runs = runs_where(results, arm=arm)
         steps = [row[0] for row in runs[0]["drift"]]
         means, err = error_bars(
             [mean_interval([r["drift"][j][1] for r in runs]) for j in range(len(steps))], log_scale=True

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_gpt.config import load_config
-from albert_gpt.study.claims.common import ARMS, eval_loss, prepared_data, train_model
+from albert_gpt.study.claims.common import ARMS, eval_loss, prepared_data, runs_where, train_model
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.stats import mean_interval, paired_difference
 from albert_gpt.study.report import markdown_table
@@ -53,14 +53,10 @@ def summary(r: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _runs(results: list[dict[str, Any]], arm: str) -> list[dict[str, Any]]:
-    return sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
-
-
 def analyze(results: list[dict[str, Any]]) -> Analysis:
     rows = []
     for arm in ARMS_HERE:
-        s = [summary(r) for r in _runs(results, arm)]
+        s = [summary(r) for r in runs_where(results, arm=arm)]
         rows.append(
             [
                 arm,
@@ -74,8 +70,8 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
         ["arm", "final train loss", "final held-out loss", "best held-out loss", "gap (held-out - train)"],
         rows,
     )
-    post = [summary(r) for r in _runs(results, "post-LN")]
-    none = [summary(r) for r in _runs(results, "no norm + final LN")]
+    post = [summary(r) for r in runs_where(results, arm="post-LN")]
+    none = [summary(r) for r in runs_where(results, arm="no norm + final LN")]
     gap = paired_difference([p["gap"] for p in post], [n["gap"] for n in none])
     best = paired_difference([p["best_held_out"] for p in post], [n["best_held_out"] for n in none])
     headline = f"post-LN minus no norm + final LN: gap {gap}, best held-out loss {best}"
@@ -114,7 +110,7 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for i, arm in enumerate(ARMS_HERE):
-        runs = _runs(results, arm)
+        runs = runs_where(results, arm=arm)
         steps = [c[0] for c in runs[0]["curve"]]
         for col, ls, what in ((1, "--", "train"), (2, "-", "held-out")):
             means, err = error_bars(

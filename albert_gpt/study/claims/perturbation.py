@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from albert_gpt.config import load_config
-from albert_gpt.study.claims.common import ARMS, prepared_data, probe_batch, train_model
+from albert_gpt.study.claims.common import ARMS, prepared_data, probe_batch, runs_where, train_model
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.stats import mean_interval, paired_difference
 from albert_gpt.study.report import markdown_table
@@ -77,14 +77,10 @@ def amplification(r: dict[str, Any], when: str, where: str) -> float:
     return math.inf if value is None else value / RELATIVE
 
 
-def _runs(results: list[dict[str, Any]], arm: str) -> list[dict[str, Any]]:
-    return sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
-
-
 def analyze(results: list[dict[str, Any]]) -> Analysis:
     rows = []
     for arm in ARMS_HERE:
-        runs = _runs(results, arm)
+        runs = runs_where(results, arm=arm)
         rows.append(
             [
                 arm,
@@ -98,12 +94,12 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
     table = markdown_table(
         ["arm", "last layer, at init", "logits, at init", "last layer, trained", "logits, trained"], rows
     )
-    post = _runs(results, "post-LN")
+    post = runs_where(results, arm="post-LN")
     diffs = {}
     for other in ("no norm + final LN", "no norm, bare"):
         for when in ("init", "trained"):
             a = [math.log(amplification(r, when, "last layer")) for r in post]
-            b = [math.log(amplification(r, when, "last layer")) for r in _runs(results, other)]
+            b = [math.log(amplification(r, when, "last layer")) for r in runs_where(results, arm=other)]
             diffs[other, when] = paired_difference(a, b)
     d_init, d_trained = diffs["no norm + final LN", "init"], diffs["no norm + final LN", "trained"]
     headline = (
@@ -132,7 +128,7 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
     grows = [
         arm
         for arm in ARMS_HERE
-        for r in _runs(results, arm)
+        for r in runs_where(results, arm=arm)
         for w in ("init", "trained")
         if amplification(r, w, "last layer") > 1
     ]
@@ -148,7 +144,7 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
     for ax, when in zip(axes, ("init", "trained")):
         for i, arm in enumerate(ARMS_HERE):
-            runs = _runs(results, arm)
+            runs = runs_where(results, arm=arm)
             cols = list(
                 zip(
                     *(
