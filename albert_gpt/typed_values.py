@@ -81,12 +81,11 @@ def _to_int(value: Any, from_text: bool, bad: ConfigError) -> int:
     if isinstance(value, float) and value.is_integer() and not from_text:
         return int(value)
     if isinstance(value, str):
+        digits = value.strip().replace("_", "")
+        if digits.lstrip("+-").isdigit():
+            return int(digits)
         try:
-            return int(value.replace("_", ""))
-        except ValueError:
-            pass
-        try:
-            number = float(value)
+            number = float(value)  # "1e3" is an int written as a float
         except ValueError:
             raise bad from None
         if number.is_integer():  # False for nan and inf

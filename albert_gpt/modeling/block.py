@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,12 +25,17 @@ Trace = Callable[[str, torch.Tensor], None]
 #   norm_out   the norm's output
 #   branch     the sub-layer's output f(.)
 #   stream     the residual stream leaving the sub-layer (post-LN: the norm's output)
-TRACE_POINTS = (
-    "layer_in",
-    *(f"{sub}_{point}" for sub in ("attn", "ffn")
-      for point in ("residual", "norm_in", "norm_out", "branch", "stream")),
-    "layer_out",
-)
+class _Points(NamedTuple):
+    residual: str
+    norm_in: str
+    norm_out: str
+    branch: str
+    stream: str
+
+
+# The names are built once here, not on every forward pass.
+_POINTS = {sub: _Points(*(f"{sub}_{field}" for field in _Points._fields)) for sub in ("attn", "ffn")}
+TRACE_POINTS = ("layer_in", *_POINTS["attn"], *_POINTS["ffn"], "layer_out")
 
 
 def _ignore(point: str, tensor: torch.Tensor) -> None:
@@ -96,21 +102,22 @@ class Block(nn.Module):
 
     def _sublayer(self, name: str, x: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor],
                   norm: Callable[[torch.Tensor], torch.Tensor], trace: Trace) -> torch.Tensor:
+        point = _POINTS[name]
         residual = x if self.alpha == 1.0 else self.alpha * x
-        trace(f"{name}_residual", residual)
+        trace(point.residual, residual)
         if self.norm_first:  # x + f(LN(x))
-            trace(f"{name}_norm_in", x)
+            trace(point.norm_in, x)
             h = norm(x)
-            trace(f"{name}_norm_out", h)
+            trace(point.norm_out, h)
             branch = f(h)
-            trace(f"{name}_branch", branch)
+            trace(point.branch, branch)
             out = residual + branch
         else:  # LN(alpha * x + f(x))
             branch = f(x)
-            trace(f"{name}_branch", branch)
+            trace(point.branch, branch)
             s = residual + branch
-            trace(f"{name}_norm_in", s)
+            trace(point.norm_in, s)
             out = norm(s)
-            trace(f"{name}_norm_out", out)
-        trace(f"{name}_stream", out)
+            trace(point.norm_out, out)
+        trace(point.stream, out)
         return out

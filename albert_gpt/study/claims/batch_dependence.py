@@ -15,12 +15,10 @@ from torch import nn
 
 from albert_gpt.config import load_config
 from albert_gpt.data.batches import RandomWindowSampler
-from albert_gpt.study.claims.common import ARMS, build_model, eval_loss, prepared_data, runs_where
+from albert_gpt.study.claims.common import ARMS, eval_loss, prepared_data, runs_where, train_model
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.stats import mean_interval, paired_difference
 from albert_gpt.study.report import markdown_table
-from albert_gpt.training.optim import build_optimizer, lr_at, set_lr
-from albert_gpt.training.step import train_step
 
 CONFIG = "configs/claims/train.yaml"
 SEEDS = {"cpu": (1, 2, 3), "gpu": (1, 2, 3, 4, 5)}
@@ -78,36 +76,24 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
         ],
     )
     data = prepared_data(cfg)
-    model = build_model(cfg, data.tokenizer.vocab_size)
-    t = cfg.train
-    optimizer = build_optimizer(model, t, torch.device("cpu"))
-    sampler = RandomWindowSampler(data.splits["train"].tokens, 32, batch, cfg.run.seed)
-    stepper = _Padded(model, masked) if "padded" in cell else model
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    diverged = False
-    for step in range(steps):
-        set_lr(optimizer, lr_at(step, t, steps))
-        if "padded" in cell:
-            batch_xy = padded_batch(sampler, step, cfg.run.seed, data.tokenizer.eot_id)
-        else:
-            batch_xy = sampler.batch(step)
-        result = train_step(
-            stepper,
-            optimizer,
-            scaler,
-            lambda micro, b=batch_xy: b,
-            1,
-            torch.device("cpu"),
-            torch.float32,
-            t.grad_clip,
-        )
-        diverged |= result.skipped
+    batch_of, wrap = None, None
+    if "padded" in cell:
+        sampler = RandomWindowSampler(data.splits["train"].tokens, 32, batch, cfg.run.seed)
+
+        def batch_of(step: int, micro: int) -> tuple[torch.Tensor, ...]:
+            return padded_batch(sampler, step, cfg.run.seed, data.tokenizer.eot_id)
+
+        def wrap(model: nn.Module) -> nn.Module:
+            return _Padded(model, masked)
+
+    trained = train_model(cfg, data, batch_of=batch_of, wrap=wrap)
+    model = trained.model
     eval_mode = eval_loss(model, data, cfg)
     train_mode = eval_loss(model, data, cfg, batch_size=batch, train_mode=True)
     return {
         "val_loss": eval_mode if math.isfinite(eval_mode) else None,
         "val_loss_train_mode": train_mode if math.isfinite(train_mode) else None,
-        "skipped_any": diverged,
+        "skipped_any": trained.skipped > 0,
     }
 
 

@@ -16,10 +16,12 @@ import torch
 
 from albert_gpt.config import Config
 from albert_gpt.data.batches import RandomWindowSampler
+from albert_gpt.errors import TrainingError
 from albert_gpt.inference.evaluate import evaluate_tokens
 from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.training.optim import build_optimizer, lr_at, set_lr
-from albert_gpt.training.step import train_step
+from albert_gpt.training.step import NonFiniteGuard, train_step
+from albert_gpt.training.unigram import unigram_perplexity
 
 # Each arm changes one thing against post-LN; "no norm + final LN" keeps the normalized stream in
 # front of the head, so it differs from post-LN only inside the blocks.
@@ -68,45 +70,52 @@ def train_model(
     cfg: Config,
     data: Any,
     on_step: Callable[[int, AlbertGPT], None] | None = None,
-    model: AlbertGPT | None = None,
+    batch_of: Callable[[int, int], tuple[torch.Tensor, ...]] | None = None,
+    wrap: Callable[[AlbertGPT], torch.nn.Module] | None = None,
 ) -> Trained:
     """cfg.train.max_steps optimizer steps as the trainer takes them (AdamW groups, warmup and
-    schedule, clipping, the non-finite guard), on CPU in float32, without run files.
-    `on_step(step, model)` is called before step 0 and after every step."""
+    schedule, clipping, the trainer's non-finite guard), on CPU in float32, without run files.
+
+    `on_step(step, model)` is called before step 0 and after every step. `batch_of(step, micro)`
+    replaces the training windows (default: the trainer's seeded sampler); `wrap(model)` gives the module
+    the steps call instead of the model (e.g. one that passes a padding mask)."""
     device, dtype = torch.device("cpu"), torch.float32
     t = cfg.train
-    model = model or build_model(cfg, data.tokenizer.vocab_size)
+    model = build_model(cfg, data.tokenizer.vocab_size)
     model.train()
     optimizer = build_optimizer(model, t, device)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    sampler = RandomWindowSampler(
-        data.splits["train"].tokens, cfg.model.block_size, t.batch_size, cfg.run.seed
-    )
+    if batch_of is None:
+        sampler = RandomWindowSampler(
+            data.splits["train"].tokens, cfg.model.block_size, t.batch_size, cfg.run.seed
+        )
+        batch_of = sampler.batch
+    guard = NonFiniteGuard(t.max_skipped_steps, grad_clip=t.grad_clip)
+    stepper = wrap(model) if wrap is not None else model
     torch.manual_seed(cfg.run.seed)  # dropout
-    losses, skipped, in_a_row = [], 0, 0
+    losses: list[float] = []
     if on_step is not None:
         on_step(0, model)
     for step in range(t.max_steps):
         set_lr(optimizer, lr_at(step, t, t.max_steps))
         result = train_step(
-            model,
+            stepper,
             optimizer,
             scaler,
-            lambda micro, s=step: sampler.batch(s, micro),
+            lambda micro, s=step: batch_of(s, micro),
             t.grad_accum_steps,
             device,
             dtype,
             t.grad_clip,
         )
-        loss = float(result.loss)
-        losses.append(math.nan if result.skipped else loss)
-        skipped += result.skipped
-        in_a_row = in_a_row + 1 if result.skipped else 0
-        if in_a_row > t.max_skipped_steps:
-            return Trained(model, losses, skipped, diverged=True)
+        losses.append(math.nan if result.skipped else float(result.loss))
+        try:
+            guard.record(step + 1, result.skipped, None)
+        except TrainingError:  # more non-finite steps in a row than train.max_skipped_steps
+            return Trained(model, losses, guard.total, diverged=True)
         if on_step is not None:
             on_step(step + 1, model)
-    return Trained(model, losses, skipped, diverged=False)
+    return Trained(model, losses, guard.total, diverged=False)
 
 
 def eval_loss(
@@ -134,14 +143,14 @@ def eval_loss(
 
 
 def unigram_loss(data: Any) -> float:
-    """The loss of predicting the training split's token frequencies (add-one), on validation."""
-    import numpy as np
-
+    """The loss of the trainer's unigram reference (training-split frequencies) on validation."""
     vocab = data.tokenizer.vocab_size
-    counts = np.bincount(np.asarray(data.splits["train"].tokens), minlength=vocab) + 1.0
-    logp = np.log(counts / counts.sum())
-    val = np.asarray(data.splits["val"].tokens)
-    return float(-logp[val].mean())
+    return math.log(unigram_perplexity(data.splits["train"].tokens, data.splits["val"].tokens, vocab))
+
+
+def arm_seed_cells(arms: Any, seeds: tuple[int, ...]) -> list[dict[str, Any]]:
+    """One cell per arm and seed."""
+    return [{"arm": arm, "seed": seed} for arm in arms for seed in seeds]
 
 
 def probe_batch(data: Any, cfg: Config, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

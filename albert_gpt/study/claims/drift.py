@@ -20,6 +20,7 @@ import torch
 from albert_gpt.config import load_config
 from albert_gpt.study.claims.common import (
     ARMS,
+    arm_seed_cells,
     eval_loss,
     prepared_data,
     probe_batch,
@@ -73,7 +74,7 @@ def sublayer_inputs(
 
 
 def cells(size: str) -> list[dict[str, Any]]:
-    return [{"arm": arm, "seed": seed} for arm in ARMS_HERE for seed in SEEDS[size]]
+    return arm_seed_cells(ARMS_HERE, SEEDS[size])
 
 
 def measure(cell: dict[str, Any]) -> dict[str, Any]:

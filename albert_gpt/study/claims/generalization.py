@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from albert_gpt.config import load_config
-from albert_gpt.study.claims.common import ARMS, eval_loss, prepared_data, runs_where, train_model
+from albert_gpt.study.claims.common import (
+    ARMS,
+    arm_seed_cells,
+    eval_loss,
+    prepared_data,
+    runs_where,
+    train_model,
+)
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.stats import mean_interval, paired_difference
 from albert_gpt.study.report import markdown_table
@@ -27,7 +34,7 @@ OVERFITS = 0.2  # nats of held-out minus train loss at the end: the regime memor
 
 
 def cells(size: str) -> list[dict[str, Any]]:
-    return [{"arm": arm, "seed": seed} for arm in ARMS_HERE for seed in SEEDS[size]]
+    return arm_seed_cells(ARMS_HERE, SEEDS[size])
 
 
 def measure(cell: dict[str, Any]) -> dict[str, Any]:

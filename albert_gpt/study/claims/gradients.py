@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_gpt.config import load_config
-from albert_gpt.study.claims.common import ARMS, prepared_data, probe_batch, sharing_overrides
+from albert_gpt.study.claims.common import ARMS, build_model, prepared_data, probe_batch, sharing_overrides
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.stats import loglog_slope, mean_interval
 from albert_gpt.study.grad_at_init import ffn_out_grad_norms, unshared_copy
@@ -55,8 +55,6 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
         ],
     )
     data = prepared_data(cfg)
-    from albert_gpt.study.claims.common import build_model
-
     model = build_model(cfg, data.tokenizer.vocab_size)
     copy = unshared_copy(model) if cell["sharing"] == "shared" else model
     x, y = probe_batch(data, cfg, cfg.train.batch_size)

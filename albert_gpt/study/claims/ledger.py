@@ -10,7 +10,6 @@ writes docs/claims/<name>.json; `write_ledger` rebuilds docs/claims.md from thos
 from __future__ import annotations
 
 import json
-import logging
 import multiprocessing
 import platform
 import time
@@ -22,8 +21,6 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-
-log = logging.getLogger("albert_gpt")
 
 VERDICTS = ("supported", "contradicted", "mixed", "not testable here")
 DOCS = Path("docs")
@@ -184,6 +181,8 @@ def write_ledger(claims: list[Claim], results_dir: Path = RESULTS_DIR, path: Pat
     for claim in claims:
         results = load_results(claim, results_dir)
         analysis = claim.analyze(results) if results else None
+        if analysis is not None and analysis.verdict not in VERDICTS:
+            raise ValueError(f"claim {claim.letter}: verdict {analysis.verdict!r} is not one of {VERDICTS}")
         verdict = analysis.verdict if analysis else "not run yet"
         headline = analysis.headline if analysis else "-"
         summary.append(

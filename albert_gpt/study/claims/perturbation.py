@@ -15,7 +15,14 @@ from typing import Any
 import torch
 
 from albert_gpt.config import load_config
-from albert_gpt.study.claims.common import ARMS, prepared_data, probe_batch, runs_where, train_model
+from albert_gpt.study.claims.common import (
+    ARMS,
+    arm_seed_cells,
+    prepared_data,
+    probe_batch,
+    runs_where,
+    train_model,
+)
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.stats import mean_interval, paired_difference
 from albert_gpt.study.report import markdown_table
@@ -52,7 +59,7 @@ def propagate(model: Any, idx: torch.Tensor, at: int, relative: float, seed: int
 
 
 def cells(size: str) -> list[dict[str, Any]]:
-    return [{"arm": arm, "seed": seed} for arm in ARMS_HERE for seed in SEEDS[size]]
+    return arm_seed_cells(ARMS_HERE, SEEDS[size])
 
 
 def measure(cell: dict[str, Any]) -> dict[str, Any]:

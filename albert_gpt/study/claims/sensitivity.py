@@ -248,52 +248,36 @@ def _rule(label: str) -> str:
     )
 
 
-LR_CLAIM = Claim(
-    letter="f1",
-    name="sensitivity-lr",
-    title="Normalization widens the trainable learning-rate range",
-    sections="7, 7.1",
-    statement="With normalization, training succeeds over a wider range of learning rates.",
-    experiment=f"{LR_STEPS} steps of the shared 6-layer model at 7 learning rates on a half-decade grid "
-    "(1e-4 ... 1e-1), with 10% linear warmup and without, cosine to lr/100; arms: "
-    f"{_ARMS_TEXT}; 3 seeds.",
-    config=CONFIG,
-    metric=_METRIC,
-    rule=_rule("learning-rate") + " Judged with warmup on; warmup off is shown.",
-    cells=lambda size: _cells(size, "lr", LRS),
-    measure=measure,
-    analyze=lambda results: _analyze(results, "lr", "learning rate"),
-    figure=lambda results, path: _figure(results, path, "lr", "learning rate"),
+def _claim(letter: str, name: str, title: str, sections: str, statement: str, experiment: str,
+           axis: str, values: tuple, label: str, rule_extra: str = "") -> Claim:
+    """One row of f: the same metric and rule, over one axis of the grid."""
+    return Claim(
+        letter=letter, name=name, title=title, sections=sections, statement=statement,
+        experiment=f"{experiment}; arms: {_ARMS_TEXT}; 3 seeds.", config=CONFIG, metric=_METRIC,
+        rule=_rule(label.replace(" ", "-").replace("std", "scale")) + rule_extra,
+        cells=lambda size: _cells(size, axis, values), measure=measure,
+        analyze=lambda results: _analyze(results, axis, label),
+        figure=lambda results, path: _figure(results, path, axis, label),
+    )
+
+
+LR_CLAIM = _claim(
+    "f1", "sensitivity-lr", "Normalization widens the trainable learning-rate range", "7, 7.1",
+    "With normalization, training succeeds over a wider range of learning rates.",
+    f"{LR_STEPS} steps of the shared 6-layer model at 7 learning rates on a half-decade grid "
+    "(1e-4 ... 1e-1), with 10% linear warmup and without, cosine to lr/100",
+    "lr", LRS, "learning rate", " Judged with warmup on; warmup off is shown.",
 )
-INIT_CLAIM = Claim(
-    letter="f2",
-    name="sensitivity-init",
-    title="Normalization reduces sensitivity to the init scale",
-    sections="7",
-    statement="With normalization, training is less sensitive to the scale of the weight initialization.",
-    experiment=f"200 steps at lr 1e-3 with init std 0.02 / 0.06 / 0.125 / 0.25; arms: {_ARMS_TEXT}; 3 seeds.",
-    config=CONFIG,
-    metric=_METRIC,
-    rule=_rule("init-scale"),
-    cells=lambda size: _cells(size, "init_std", INIT_STDS),
-    measure=measure,
-    analyze=lambda results: _analyze(results, "init_std", "init std"),
-    figure=lambda results, path: _figure(results, path, "init_std", "init std"),
+INIT_CLAIM = _claim(
+    "f2", "sensitivity-init", "Normalization reduces sensitivity to the init scale", "7",
+    "With normalization, training is less sensitive to the scale of the weight initialization.",
+    "200 steps at lr 1e-3 with init std 0.02 / 0.06 / 0.125 / 0.25",
+    "init_std", INIT_STDS, "init std",
 )
-BATCH_CLAIM = Claim(
-    letter="f3",
-    name="sensitivity-batch",
-    title="Normalization reduces sensitivity to the batch size",
-    sections="7",
-    statement="With normalization, training is less sensitive to the batch size.",
-    experiment=f"Batch size 4 / 8 / 16 / 32 at an equal budget of {TOKENS:,} training tokens (800 to 100 "
-    "steps, "
-    f"10% warmup), lr 1e-3; arms: {_ARMS_TEXT}; 3 seeds.",
-    config=CONFIG,
-    metric=_METRIC,
-    rule=_rule("batch-size"),
-    cells=lambda size: _cells(size, "batch_size", BATCHES),
-    measure=measure,
-    analyze=lambda results: _analyze(results, "batch_size", "batch size"),
-    figure=lambda results, path: _figure(results, path, "batch_size", "batch size"),
+BATCH_CLAIM = _claim(
+    "f3", "sensitivity-batch", "Normalization reduces sensitivity to the batch size", "7",
+    "With normalization, training is less sensitive to the batch size.",
+    f"Batch size 4 / 8 / 16 / 32 at an equal budget of {TOKENS:,} training tokens (800 to 100 steps, "
+    "10% warmup), lr 1e-3",
+    "batch_size", BATCHES, "batch size",
 )
