@@ -27,7 +27,10 @@ Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Parallel = Literal["ddp", "fsdp"]
 Sharing = Literal["all", "attention", "ffn"]
-NormKind = Literal["layernorm", "rmsnorm", "batchnorm", "adaptive_layernorm", "none"]
+Arch = Literal["transformer", "lstm", "conv"]
+NormKind = Literal[
+    "layernorm", "rmsnorm", "batchnorm", "adaptive_layernorm", "groupnorm", "instancenorm", "none"
+]
 NormPlacement = Literal["post", "pre", "deepnorm", "none"]
 NormImpl = Literal["fused", "reference"]
 BatchStats = Literal["per_depth", "shared"]
@@ -60,6 +63,10 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
+    arch: Arch = opt(
+        "transformer", "transformer (shared post-LN blocks) | lstm (a stacked LSTM LM) | conv (a causal "
+        "dilated-convolution LM); all three share the data, trainer, checkpoints and eval"
+    )
     n_layers: int = opt(6, "layer applications (depth)", min=1, max=MAX_DEPTH)
     n_groups: int = opt(1, "distinct blocks shared across depth (1 = all shared, n_layers = unshared)", min=1)
     sharing: Sharing = opt(
@@ -80,8 +87,20 @@ class ModelConfig:
         0.0, "dropout on embeddings, attention weights and residual branches", min=0.0, max=0.999
     )
     bias: bool = opt(True, "biases in linear layers")
-    norm: NormKind = opt("layernorm", "layernorm | rmsnorm | batchnorm | adaptive_layernorm | none")
-    norm_placement: NormPlacement = opt("post", "post (x = LN(x + f(x))) | pre | deepnorm | none")
+    norm: NormKind = opt(
+        "layernorm", "layernorm | rmsnorm | batchnorm | adaptive_layernorm | groupnorm | instancenorm | none "
+        "(lstm: layernorm, rmsnorm, batchnorm or none; groupnorm and instancenorm: conv only)"
+    )
+    norm_groups: int = opt(8, "groupnorm: channel groups at each position (1 = LayerNorm)", min=1,
+                           max=MAX_WIDTH)
+    norm_per_depth_affine: bool = opt(
+        False, "adaptive normalization for shared blocks: every application of a shared block gets its "
+        "own norm gamma and beta, starting equal to the shared ones (transformer only)"
+    )
+    norm_placement: NormPlacement = opt(
+        "post", "post (x = LN(x + f(x))) | pre | deepnorm | none (transformer and conv blocks; an LSTM's "
+        "norms sit inside its cell)"
+    )
     final_norm: bool = opt(
         True, "normalize the stream before the LM head (post-LN and DeepNorm blocks end in a norm "
         "already, so this adds one only for pre and none)"
@@ -96,6 +115,11 @@ class ModelConfig:
         "fused", "fused (torch.nn.functional.layer_norm) | reference (the written-out formula)"
     )
     init_std: float = opt(0.02, "std of the normal init of weights", min_exclusive=0.0)
+    conv_kernel_size: int = opt(3, "conv: taps of each causal convolution", min=2, max=MAX_CONTEXT)
+    conv_dilation_cycle: int = opt(
+        4, "conv: layer d dilates by 2 ** (d % cycle), so the receptive field doubles across each cycle",
+        min=1, max=30,
+    )
 
 
 @dataclass
@@ -331,6 +355,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_heads ({m.n_heads})")
     if m.n_layers % m.n_groups:
         raise ConfigError(f"model.n_groups ({m.n_groups}) must divide model.n_layers ({m.n_layers})")
+    _validate_arch(m)
     if m.embedding_dim is not None and m.embedding_dim > m.n_embd:
         raise ConfigError(f"model.embedding_dim ({m.embedding_dim}) must be <= model.n_embd ({m.n_embd})")
     if d.val_fraction + d.test_fraction >= 1.0:
@@ -343,6 +368,42 @@ def validate(cfg: Config) -> None:
         raise ConfigError("tokenizer.path is required when tokenizer.type is pretrained")
     if t.min_lr > t.lr:
         raise ConfigError(f"train.min_lr ({t.min_lr}) must be <= train.lr ({t.lr})")
+
+
+_ARCH_NORMS = {
+    "transformer": ("layernorm", "rmsnorm", "batchnorm", "adaptive_layernorm", "none"),
+    "lstm": ("layernorm", "rmsnorm", "batchnorm", "none"),
+    "conv": ("layernorm", "rmsnorm", "batchnorm", "groupnorm", "instancenorm", "none"),
+}
+
+
+def _validate_arch(m: ModelConfig) -> None:
+    """What each architecture supports: its norms, its sharing, where its norms sit."""
+    if m.norm not in _ARCH_NORMS[m.arch]:
+        raise ConfigError(f"model.norm: {m.norm} is not available for model.arch {m.arch} "
+                          f"(choose from {', '.join(_ARCH_NORMS[m.arch])})")
+    if m.norm == "groupnorm" and m.n_embd % m.norm_groups:
+        raise ConfigError(f"model.norm_groups ({m.norm_groups}) must divide model.n_embd ({m.n_embd})")
+    if m.arch != "transformer" and m.sharing != "all":
+        raise ConfigError(f"model.sharing: {m.sharing} applies to transformer blocks only; "
+                          f"a {m.arch} layer is shared whole (set model.sharing: all)")
+    if m.arch == "lstm" and m.norm_placement != "post":
+        raise ConfigError("model.norm_placement applies to transformer and conv blocks; an LSTM's norms sit "
+                          "inside its cell (choose them with model.norm)")
+    if m.arch != "transformer" and m.norm_per_depth_affine:
+        raise ConfigError("model.norm_per_depth_affine applies to shared transformer blocks only")
+    if m.norm_per_depth_affine and m.norm not in ("layernorm", "rmsnorm", "batchnorm"):
+        raise ConfigError("model.norm_per_depth_affine needs a norm with a gain and bias "
+                          f"(layernorm, rmsnorm or batchnorm), not {m.norm}")
+    if m.norm_per_depth_affine and not m.norm_affine:
+        raise ConfigError("model.norm_per_depth_affine needs model.norm_affine: true")
+    shared = m.n_groups < m.n_layers
+    if m.arch != "transformer" and m.norm == "batchnorm" and shared and m.batch_stats == "per_depth":
+        raise ConfigError(
+            "model.batch_stats: per-depth BatchNorm statistics are built for shared transformer blocks "
+            f"only; for a shared {m.arch} layer set model.batch_stats: shared, or unshare it "
+            "(model.n_groups = model.n_layers)"
+        )
 
 
 def key_table() -> list[tuple[str, str, str]]:

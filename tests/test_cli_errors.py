@@ -25,7 +25,7 @@ CASES = [
         [],
         "model.embedding_dim (96) must be <= model.n_embd (64)",
     ),
-    ("model:\n  norm: groupnorm\n", [], "model.norm: unknown value 'groupnorm'"),
+    ("model:\n  norm: weightnorm\n", [], "model.norm: unknown value 'weightnorm'"),
     ("model:\n  norm_placement: middle\n", [], "model.norm_placement: unknown value 'middle'"),
     ("model:\n  sharing: heads\n", [], "model.sharing: unknown value 'heads'"),
     ("model:\n  dropout: 2\n", [], "model.dropout: 2.0 is out of range (must be <= 0.999)"),

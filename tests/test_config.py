@@ -117,7 +117,7 @@ ERRORS = [
         {"model": {"n_embd": 64, "n_heads": 4, "embedding_dim": 128}},
         "model.embedding_dim (128) must be <= model.n_embd (64)",
     ),
-    ({"model": {"norm": "groupnorm"}}, "model.norm: unknown value 'groupnorm' (choose one of: layernorm,"),
+    ({"model": {"norm": "weightnorm"}}, "model.norm: unknown value 'weightnorm' (choose one of: layernorm,"),
     (
         {"model": {"norm_placement": "sandwich"}},
         "model.norm_placement: unknown value 'sandwich' (choose one of: post, pre, deepnorm, none)",

@@ -43,14 +43,26 @@ def _final(run_dir):
     return weights, state, losses, val
 
 
-def test_stop_and_resume_is_bit_identical(tmp_path, monkeypatch):
+# Every architecture, and both LSTM layer kinds (torch's nn.LSTM and the loop of the normed cell).
+ARCHS = {
+    "transformer": {},
+    "lstm": {"arch": "lstm", "norm": "layernorm", "n_groups": 2},
+    "lstm-plain": {"arch": "lstm", "norm": "none"},
+    "conv": {"arch": "conv", "norm": "layernorm", "n_groups": 2},
+    "conv-batchnorm": {"arch": "conv", "norm": "batchnorm", "n_groups": 2},
+}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_stop_and_resume_is_bit_identical(tmp_path, monkeypatch, arch):
     """6 steps, SIGTERM, resume 6 more: weights, optimizer state and logged losses equal the straight run."""
-    straight = train(tiny_config(tmp_path / "a", **SECTIONS))
+    sections = {**SECTIONS, "model": {**SECTIONS["model"], **ARCHS[arch]}}
+    straight = train(tiny_config(tmp_path / "a", **sections))
     with monkeypatch.context() as m:
         _stop_at(m, 6)
-        first = train(tiny_config(tmp_path / "b", **SECTIONS))
+        first = train(tiny_config(tmp_path / "b", **sections))
     assert first["interrupted"] == "SIGTERM" and first["step"] == 6
-    resumed = train(tiny_config(tmp_path / "b", **SECTIONS), resume=True)
+    resumed = train(tiny_config(tmp_path / "b", **sections), resume=True)
     assert straight["step"] == resumed["step"] == 12
 
     w_a, s_a, loss_a, val_a = _final(tmp_path / "a" / "runs" / "tiny")

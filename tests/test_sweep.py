@@ -60,7 +60,7 @@ def test_command_line_overrides_apply_to_every_cell(tmp_path):
 @pytest.mark.parametrize("spec, message", [
     ({"grid": {"train.lrr": [1, 2]}}, "did you mean train.lr"),
     ({"grid": {"train.lr": ["fast"]}}, "train.lr: expected float"),
-    ({"grid": {"v": {"a": {"model.norm": "groupnorm"}}}}, "model.norm: unknown value 'groupnorm'"),
+    ({"grid": {"v": {"a": {"model.norm": "weightnorm"}}}}, "model.norm: unknown value 'weightnorm'"),
     ({"grid": {"run.seed": [1]}, "exclude": [{"seed": 1}]}, r"exclude\[0\] must map grid axes"),
     ({"grid": {"run.seed": [1]}, "include": [{"train.lr": 1}]}, r"include\[0\] gives no value for axis"),
     ({"grid": {"run.seed": [1]}, "sett": {}}, "unknown sweep key sett"),

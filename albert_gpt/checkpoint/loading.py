@@ -15,7 +15,8 @@ from albert_gpt.checkpoint.weights import load_strict, load_weights
 from albert_gpt.config import Config, load_config
 from albert_gpt.data.tokenizer import TextTokenizer
 from albert_gpt.errors import CheckpointError
-from albert_gpt.modeling.model import AlbertGPT
+from albert_gpt.modeling.base import CausalLM
+from albert_gpt.modeling.factory import build_model
 
 # Model keys that change neither the weights' shapes nor what they compute, so resuming or
 # fine-tuning with another value is legitimate.
@@ -44,13 +45,13 @@ def check_compatible(saved_cfg: Config, cfg: Config, source: Path | None = None)
 
 def load_for_inference(
     run_dir: Path, checkpoint: str | None = None, device: str | torch.device = "cpu",
-) -> tuple[Config, AlbertGPT, TextTokenizer]:
+) -> tuple[Config, CausalLM, TextTokenizer]:
     """(cfg, model in eval mode, tokenizer) from a run directory's chosen checkpoint."""
     path = resolve_checkpoint(Path(run_dir), checkpoint)
     cfg = load_config(path / CONFIG_FILE)
     if cfg.model.vocab_size is None:
         raise CheckpointError(f"{path / CONFIG_FILE}: model.vocab_size is not set")
-    model = AlbertGPT(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     load_strict(model, load_weights(path / MODEL_FILE, device), path / MODEL_FILE)
     tokenizer_file = path / TOKENIZER_FILE
     if not tokenizer_file.is_file():

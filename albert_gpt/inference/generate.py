@@ -1,6 +1,6 @@
 """Text generation from a trained model: seeded sampling, streamed to a terminal as it is produced.
 
-Sampling itself (temperature, top-k, top-p, KV cache) is `AlbertGPT.generate`; this module turns
+Sampling itself (temperature, top-k, top-p, KV cache) is `CausalLM.generate`; this module turns
 text into token ids and back, and prints each piece of text as soon as it is complete.
 
 Shapes: T = prompt tokens (batch size is always 1 here).
@@ -19,7 +19,7 @@ from albert_gpt.modeling.sampling import check_sampling_args
 
 if TYPE_CHECKING:
     from albert_gpt.data.tokenizer import TextTokenizer
-    from albert_gpt.modeling.model import AlbertGPT
+    from albert_gpt.modeling.base import CausalLM
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def encode_prompt(tokenizer: TextTokenizer, prompt: str, block_size: int) -> lis
 
 
 def generate_text(
-    model: AlbertGPT,
+    model: CausalLM,
     tokenizer: TextTokenizer,
     prompt: str,
     max_new_tokens: int,

@@ -33,12 +33,16 @@ class _Points(NamedTuple):
     stream: str
 
 
-# The names are built once here, not on every forward pass.
-_POINTS = {sub: _Points(*(f"{sub}_{field}" for field in _Points._fields)) for sub in ("attn", "ffn")}
+def sublayer_points(sub: str) -> _Points:
+    """The trace point names of one sub-layer (built once per sub-layer kind, not per forward pass)."""
+    return _Points(*(f"{sub}_{field}" for field in _Points._fields))
+
+
+_POINTS = {sub: sublayer_points(sub) for sub in ("attn", "ffn")}
 TRACE_POINTS = ("layer_in", *_POINTS["attn"], *_POINTS["ffn"], "layer_out")
 
 
-def _ignore(point: str, tensor: torch.Tensor) -> None:
+def ignore_trace(point: str, tensor: torch.Tensor) -> None:
     """The trace of an untraced forward: nothing is kept, so nothing changes."""
 
 
@@ -47,7 +51,7 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return nn.Identity() if cfg.norm_placement == "none" else build_norm(cfg)
 
 
-def _masked(norm: nn.Module, valid: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+def masked_norm(norm: nn.Module, valid: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The norm as a function of x; a BatchNorm given the padding mask takes its statistics from real
     tokens only (per-token norms never look at other tokens, so they need no mask)."""
     if valid is not None and isinstance(norm, SequenceBatchNorm):
@@ -92,9 +96,9 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """(B, T, H) -> (B, T, H). `trace`, when given, sees every TRACE_POINT; it changes nothing.
         `valid` (B, T) marks the real tokens of right-padded batches; only BatchNorm needs it."""
-        trace = trace or _ignore
+        trace = trace or ignore_trace
         trace("layer_in", x)
-        attn_norm, ffn_norm = (_masked(n, valid) for n in (self.attn_norm, self.ffn_norm))
+        attn_norm, ffn_norm = (masked_norm(n, valid) for n in (self.attn_norm, self.ffn_norm))
         x = self._sublayer("attn", x, functools.partial(self.attn, cache=cache), attn_norm, trace)
         x = self._sublayer("ffn", x, self.ffn, ffn_norm, trace)
         trace("layer_out", x)
@@ -102,22 +106,29 @@ class Block(nn.Module):
 
     def _sublayer(self, name: str, x: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor],
                   norm: Callable[[torch.Tensor], torch.Tensor], trace: Trace) -> torch.Tensor:
-        point = _POINTS[name]
-        residual = x if self.alpha == 1.0 else self.alpha * x
-        trace(point.residual, residual)
-        if self.norm_first:  # x + f(LN(x))
-            trace(point.norm_in, x)
-            h = norm(x)
-            trace(point.norm_out, h)
-            branch = f(h)
-            trace(point.branch, branch)
-            out = residual + branch
-        else:  # LN(alpha * x + f(x))
-            branch = f(x)
-            trace(point.branch, branch)
-            s = residual + branch
-            trace(point.norm_in, s)
-            out = norm(s)
-            trace(point.norm_out, out)
-        trace(point.stream, out)
-        return out
+        return residual_sublayer(_POINTS[name], x, f, norm, trace, self.norm_first, self.alpha)
+
+
+def residual_sublayer(point: _Points, x: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor],
+                      norm: Callable[[torch.Tensor], torch.Tensor], trace: Trace, norm_first: bool,
+                      alpha: float = 1.0) -> torch.Tensor:
+    """One residual sub-layer, wired as its block decided: x + f(N(x)) when `norm_first`, else
+    N(alpha * x + f(x)); every tensor of `point` is traced where it is computed."""
+    residual = x if alpha == 1.0 else alpha * x
+    trace(point.residual, residual)
+    if norm_first:  # x + f(LN(x))
+        trace(point.norm_in, x)
+        h = norm(x)
+        trace(point.norm_out, h)
+        branch = f(h)
+        trace(point.branch, branch)
+        out = residual + branch
+    else:  # LN(alpha * x + f(x))
+        branch = f(x)
+        trace(point.branch, branch)
+        s = residual + branch
+        trace(point.norm_in, s)
+        out = norm(s)
+        trace(point.norm_out, out)
+    trace(point.stream, out)
+    return out

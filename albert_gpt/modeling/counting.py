@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from albert_gpt.config import ModelConfig
-from albert_gpt.modeling.model import AlbertGPT
+from albert_gpt.modeling.base import CausalLM
+from albert_gpt.modeling.factory import build_model
 
 
 def _numel(module: torch.nn.Module | None) -> int:
@@ -42,37 +43,49 @@ def _row(component: str, params: int, applications: int = 1) -> dict[str, Any]:
     }
 
 
-def _block_rows(model: AlbertGPT) -> list[dict[str, Any]]:
-    """One row per distinct block, or per distinct sub-layer (with its norm) when sharing is partial."""
+def _block_rows(model: CausalLM) -> list[dict[str, Any]]:
+    """One row per distinct block, or per distinct sub-layer (with its norms) when a block is built per
+    depth around shared sub-layers (partial sharing, per-depth norms). A per-depth norm is applied once,
+    so a row's applied count is its shared sub-layer's times its applications plus its norms once each."""
     if model.cfg.sharing == "all" and len(model.blocks) == model.cfg.n_groups:
         rows = []
         for i, block in enumerate(model.blocks):
             depths = [d for d, b in enumerate(model.schedule) if b == i]
             rows.append(_row(f"block {i} ({_layers(depths)})", _numel(block), len(depths)))
         return rows
-    units: dict[tuple[str, int], list[Any]] = {}  # (kind, id of the sub-layer) -> [modules, depths]
+    # (kind, id of the sub-layer) -> [sub-layer, {id: norm}, depths]
+    units: dict[tuple[str, int], list[Any]] = {}
     for depth, i in enumerate(model.schedule):
         block = model.blocks[i]
-        for kind, parts in (("attention", (block.attn, block.attn_norm)),
-                            ("ffn", (block.ffn, block.ffn_norm))):
-            units.setdefault((kind, id(parts[0])), [list(parts), []])[1].append(depth)
+        parts = (("attention", block.attn, block.attn_norm), ("ffn", block.ffn, block.ffn_norm))
+        for kind, layer, norm in parts:
+            unit = units.setdefault((kind, id(layer)), [layer, {}, []])
+            unit[1][id(norm)] = norm
+            unit[2].append(depth)
     shared_kind = "ffn" if model.cfg.sharing == "ffn" else "attention"
     rows = []
-    for key in sorted(units, key=lambda k: (k[0] != shared_kind, units[k][1][0])):
-        kind, (parts, depths) = key[0], units[key]
+    for key in sorted(units, key=lambda k: (k[0] != shared_kind, units[k][2][0])):
+        kind, (layer, norms, depths) = key[0], units[key]
         shared = "shared " if len(depths) > 1 else ""
-        rows.append(_row(f"{shared}{kind} + norm ({_layers(depths)})", _numel_all(parts), len(depths)))
+        norm_list = list(norms.values())
+        per_depth = len(norm_list) > 1
+        label = f"{shared}{kind} + {'per-depth norms' if per_depth else 'norm'} ({_layers(depths)})"
+        row = _row(label, _numel_all([layer, *norm_list]), len(depths))
+        if per_depth:  # each depth's norm is applied once, the sub-layer at every depth
+            row["applied"] = _numel(layer) * len(depths) + _numel_all(norm_list)
+        rows.append(row)
     return rows
 
 
-def count_parameters(model: AlbertGPT) -> dict[str, Any]:
+def count_parameters(model: CausalLM) -> dict[str, Any]:
     """Unique parameters, applied parameters (a shared block once per application), breakdown."""
     cfg = model.cfg
     E = cfg.embedding_dim or cfg.n_embd
     rows = [_row(f"token embedding ({model.tok_emb.num_embeddings} x {E})", _numel(model.tok_emb))]
     if model.emb_proj is not None:
         rows.append(_row(f"embedding projection ({E} -> {cfg.n_embd})", _numel(model.emb_proj)))
-    rows.append(_row(f"position embedding ({cfg.block_size} x {cfg.n_embd})", _numel(model.pos_emb)))
+    if getattr(model, "pos_emb", None) is not None:
+        rows.append(_row(f"position embedding ({cfg.block_size} x {cfg.n_embd})", _numel(model.pos_emb)))
     rows += _block_rows(model)
     if _numel(model.final_norm):
         rows.append(_row("final norm", _numel(model.final_norm)))
@@ -86,17 +99,20 @@ def count_parameters(model: AlbertGPT) -> dict[str, Any]:
     }
 
 
-def meta_model(model_cfg: ModelConfig) -> AlbertGPT:
+def meta_model(model_cfg: ModelConfig) -> CausalLM:
     with torch.device("meta"):
-        return AlbertGPT(model_cfg)
+        return build_model(model_cfg)
 
 
-def flops_of(model: AlbertGPT, params_applied: int) -> int:
-    # nanoGPT/PaLM: 6 FLOPs per applied weight (forward + backward) plus the attention score
-    # and value matmuls; position embeddings are a lookup, not a matmul, so they do not count.
+def flops_of(model: CausalLM, params_applied: int) -> int:
+    # nanoGPT/PaLM: 6 FLOPs per applied weight (forward + backward) plus, in a transformer, the
+    # attention score and value matmuls; position embeddings are a lookup, not a matmul, so they do
+    # not count. An LSTM or conv weight is used once per token, so 6 per weight covers them.
     cfg = model.cfg
-    n = params_applied - model.pos_emb.weight.numel()
-    return 6 * n + 12 * cfg.n_layers * cfg.n_embd * cfg.block_size
+    pos = getattr(model, "pos_emb", None)
+    n = params_applied - (0 if pos is None else pos.weight.numel())
+    attention = 12 * cfg.n_layers * cfg.n_embd * cfg.block_size if cfg.arch == "transformer" else 0
+    return 6 * n + attention
 
 
 def flops_per_token(model_cfg: ModelConfig) -> int:

@@ -8,27 +8,16 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from albert_gpt.config import ModelConfig
 from albert_gpt.errors import ConfigError
+from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, padded_vocab_size
 from albert_gpt.modeling.layers import CausalSelfAttention, FeedForward, KVCache
 from albert_gpt.modeling.norms import NORM_TYPES, build_norm
-from albert_gpt.modeling.sampling import check_sampling_args, sample_next
 from albert_gpt.modeling.sharing import build_stack
-
-# tracer(depth, point, tensor): called at every TRACE_POINT of every layer application.
-Tracer = Callable[[int, str, torch.Tensor], None]
-
-
-def padded_vocab_size(cfg: ModelConfig) -> int:
-    """Rows of the embedding table: vocab_size rounded up to pad_vocab_multiple."""
-    m = cfg.pad_vocab_multiple
-    return -(-cfg.vocab_size // m) * m
 
 
 def needs_final_norm(cfg: ModelConfig) -> bool:
@@ -37,7 +26,7 @@ def needs_final_norm(cfg: ModelConfig) -> bool:
     return cfg.final_norm and cfg.norm_placement in ("pre", "none")
 
 
-class AlbertGPT(nn.Module):
+class AlbertGPT(CausalLM):
     """Token (+ factorization) and position embeddings, the shared stack, a tied LM head."""
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -94,18 +83,9 @@ class AlbertGPT(nn.Module):
             raise ValueError(
                 f"sequence of {start + T} tokens exceeds model.block_size ({self.cfg.block_size})"
             )
-        x = self.tok_emb(idx)  # (B, T, E)
-        if self.emb_proj is not None:
-            x = self.emb_proj(x)  # (B, T, H)
+        x = self.embed_tokens(idx)  # (B, T, H)
         pos = torch.arange(start, start + T, device=idx.device)
         return self.dropout(x + self.pos_emb(pos))
-
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, H) -> logits (B, T, V); the padding rows of the table are never returned."""
-        x = self.final_norm(x)
-        if self.head_proj is not None:
-            x = self.head_proj(x)  # (B, T, E)
-        return F.linear(x, self.tok_emb.weight)[..., : self.vocab_size]  # (B, T, Vp) -> (B, T, V)
 
     def trunk(
         self, idx: torch.Tensor, tracer: Tracer | None = None, caches: list[KVCache] | None = None,
@@ -132,21 +112,7 @@ class AlbertGPT(nn.Module):
         logits = self.head(self.trunk(idx, tracer, valid=valid))
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
-        )
-        return logits, loss
-
-    def layer_outputs(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        """The (B, T, H) output of every layer application, in depth order."""
-        outputs: list[torch.Tensor] = []
-
-        def keep(depth: int, point: str, tensor: torch.Tensor) -> None:
-            if point == "layer_out":
-                outputs.append(tensor)
-
-        self.trunk(idx, keep)
-        return outputs
+        return logits, lm_loss(logits, targets)
 
     def new_kv_caches(self) -> list[KVCache]:
         """One empty cache per layer application, each block_size positions long."""
@@ -156,49 +122,13 @@ class AlbertGPT(nn.Module):
         """Logits (B, T, V) of tokens that continue the sequence held in `caches`."""
         return self.head(self.trunk(idx, caches=caches))
 
-    @torch.no_grad()
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
-        eot_id: int | None = None,
-        on_token: Callable[[int], None] | None = None,
-    ) -> torch.Tensor:
-        """Extend (B, T) prompts by up to max_new_tokens tokens, reusing keys and values.
-
-        The model runs in eval mode meanwhile (no dropout, BatchNorm on running statistics)
-        and returns to its previous mode. Once the sequence outgrows block_size the context
-        is cropped from the left; positions then shift, so the cache is rebuilt from the
-        cropped context at each such step. With batch size 1, on_token receives every new
-        token and generation stops after eot_id (which ends the result).
-        """
-        check_sampling_args(temperature, top_k, top_p)
-        if idx.dim() != 2 or idx.size(1) == 0:
-            raise ValueError("generate needs a (B, T) prompt with at least one token")
-        if on_token is not None and idx.size(0) != 1:
-            raise ValueError("on_token streams one sequence; use batch size 1")
-        was_training = self.training
-        self.eval()
-        try:
-            caches: list[KVCache] | None = None
-            for _ in range(max_new_tokens):
-                n = idx.size(1)
-                if caches is not None and n <= self.cfg.block_size:
-                    logits = self.forward_cached(idx[:, -1:], caches)  # (B, 1, V)
-                else:
-                    caches = self.new_kv_caches()
-                    logits = self.forward_cached(idx[:, -self.cfg.block_size :], caches)  # (B, T, V)
-                token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
-                idx = torch.cat([idx, token.to(idx.device)], dim=1)
-                if idx.size(0) == 1:
-                    if on_token is not None:
-                        on_token(int(token))
-                    if eot_id is not None and int(token) == eot_id:
-                        break
-        finally:
-            self.train(was_training)
-        return idx
+    def next_logits(
+        self, idx: torch.Tensor, caches: list[KVCache] | None
+    ) -> tuple[torch.Tensor, list[KVCache]]:
+        """Logits (B, V) after the last token, reusing keys and values. Once the sequence outgrows
+        block_size the context is cropped from the left; positions then shift, so the cache is rebuilt
+        from the cropped context at each such step."""
+        if caches is not None and idx.size(1) <= self.cfg.block_size:
+            return self.forward_cached(idx[:, -1:], caches)[:, -1, :], caches
+        caches = self.new_kv_caches()
+        return self.forward_cached(idx[:, -self.cfg.block_size :], caches)[:, -1, :], caches

@@ -92,12 +92,22 @@ class SequenceBatchNorm(nn.Module):
         """`valid` (B, T) marks real tokens of right-padded sequences: in train mode the statistics
         then come from those alone and padding positions output 0 (nothing real attends to them)."""
         flat = x.reshape(-1, x.size(-1))  # (B*T, H)
-        if valid is None or not self.training:
+        if not self.training:
             return self.bn(flat).view_as(x)
+        if valid is None:
+            return self._train_rows(flat).view_as(x)
         keep = valid.reshape(-1)
         out = flat.new_zeros(flat.shape)
-        out[keep] = self.bn(flat[keep])
+        out[keep] = self._train_rows(flat[keep])
         return out.view_as(x)
+
+    def _train_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Batch statistics of (N, H) rows; with fewer than two rows there are none to take (an LSTM step
+        where one sequence is left), so the running statistics stand in."""
+        if rows.size(0) >= 2:
+            return self.bn(rows)
+        bn = self.bn
+        return F.batch_norm(rows, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
 class AdaptiveLayerNorm(nn.Module):
@@ -126,8 +136,66 @@ class AdaptiveLayerNorm(nn.Module):
         return n * (1 + scale) + shift
 
 
+class GroupNorm(nn.Module):
+    """GroupNorm at each position: the H features of a token split into `groups` groups of H / groups,
+    each normalized alone (Wu & He 2018, with the spatial extent of one position, which keeps it causal).
+    groups = 1 is LayerNorm; a group of one feature has no spread, so groups < H."""
+
+    def __init__(self, dim: int, groups: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        if dim % groups:
+            raise ValueError(f"GroupNorm: {groups} groups do not divide {dim} features")
+        self.dim, self.groups, self.eps = dim, groups, eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if affine else None
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.dim)  # (B*T, H): F.group_norm reads (N, C) as N samples of C channels
+        return F.group_norm(flat, self.groups, self.weight, self.bias, self.eps).view_as(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, groups={self.groups}, eps={self.eps}, affine={self.weight is not None}"
+
+
+class CausalInstanceNorm(nn.Module):
+    """Instance norm made causal: each feature of each sequence is normalized by its mean and variance over
+    positions 0..t (a running mean), so no position sees a later one. Position 0 has one sample and no
+    spread: its output is beta, whatever the input (the price of causality at the start of a window)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if affine else None
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()  # (B, T, H); running sums in fp32
+        count = torch.arange(1, x.size(1) + 1, device=x.device, dtype=torch.float32).view(1, -1, 1)
+        mean = x32.cumsum(dim=1) / count
+        var = (x32.square().cumsum(dim=1) / count - mean.square()).clamp_min(0.0)  # biased, (B, T, H)
+        y = (x32 - mean) / torch.sqrt(var + self.eps)
+        if self.weight is not None:
+            y = self.weight * y + self.bias
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, affine={self.weight is not None}, causal over positions"
+
+
 # Every module whose parameters count as "norm parameters" (never weight-decayed).
-NORM_TYPES: tuple[type[nn.Module], ...] = (LayerNorm, RMSNorm, SequenceBatchNorm, AdaptiveLayerNorm)
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    LayerNorm, RMSNorm, SequenceBatchNorm, AdaptiveLayerNorm, GroupNorm, CausalInstanceNorm
+)
 
 
 def build_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
@@ -142,6 +210,10 @@ def build_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
         return SequenceBatchNorm(dim, eps, affine)
     if cfg.norm == "adaptive_layernorm":
         return AdaptiveLayerNorm(dim, eps, affine, cfg.norm_impl)
+    if cfg.norm == "groupnorm":
+        return GroupNorm(dim, cfg.norm_groups, eps, affine)
+    if cfg.norm == "instancenorm":
+        return CausalInstanceNorm(dim, eps, affine)
     if cfg.norm == "none":
         return nn.Identity()
     raise ConfigError(f"model.norm: unknown value {cfg.norm!r}")

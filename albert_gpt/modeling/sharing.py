@@ -16,10 +16,11 @@ def build_stack(cfg: ModelConfig) -> tuple[nn.ModuleList, list[int]]:
     ALBERT's grouping: layer i belongs to group i * n_groups // n_layers. With sharing "all"
     the blocks are the groups. With "attention" or "ffn" every layer gets its own Block whose
     shared sub-layer (with its norm) is the same module object across the group. BatchNorm with
-    per-depth statistics in a block applied more than once also gets a Block per layer (below).
+    per-depth statistics in a block applied more than once also gets a Block per layer, and so does a
+    shared block whose norms get a gain and bias per depth (`model.norm_per_depth_affine`), below.
     """
     groups = [i * cfg.n_groups // cfg.n_layers for i in range(cfg.n_layers)]
-    if per_depth_batch_stats(cfg):
+    if per_depth_batch_stats(cfg) or per_depth_affine(cfg):
         return _per_depth_norm_stack(cfg, groups), list(range(cfg.n_layers))
     if cfg.sharing == "all":
         return nn.ModuleList(Block(cfg) for _ in range(cfg.n_groups)), groups
@@ -39,10 +40,17 @@ def per_depth_batch_stats(cfg: ModelConfig) -> bool:
             and cfg.n_groups < cfg.n_layers)
 
 
+def per_depth_affine(cfg: ModelConfig) -> bool:
+    """Adaptive normalization: each application of a shared block has its own norm gain and bias."""
+    return cfg.norm_per_depth_affine and cfg.norm_placement != "none" and cfg.n_groups < cfg.n_layers
+
+
 def _per_depth_norm_stack(cfg: ModelConfig, groups: list[int]) -> nn.ModuleList:
-    """One Block per layer application. The group's sub-layers are shared as configured, and so are
-    its norms' gamma and beta (the same Parameter objects); each application's BatchNorm keeps its
-    own running mean and variance, so evaluation normalizes each depth with its own statistics."""
+    """One Block per layer application. The group's sub-layers are shared as configured. Their norms
+    are each application's own: a BatchNorm keeps its own running mean and variance (so evaluation
+    normalizes each depth with its own statistics) and shares gamma and beta (the same Parameter
+    objects), unless `model.norm_per_depth_affine` gives every application its own gamma and beta too,
+    initialized as the shared ones are (ones and zeros)."""
     first: dict[int, Block] = {}
     blocks = []
     for g in groups:
@@ -55,7 +63,7 @@ def _per_depth_norm_stack(cfg: ModelConfig, groups: list[int]) -> nn.ModuleList:
         shared_ffn = cfg.sharing in ("all", "ffn")
         block = Block(cfg, attn=owner.attn if shared_attn else None, ffn=owner.ffn if shared_ffn else None)
         for name, shared in (("attn_norm", shared_attn), ("ffn_norm", shared_ffn)):
-            if shared:
+            if shared and not cfg.norm_per_depth_affine:
                 _share_affine(getattr(block, name), getattr(owner, name))
             else:
                 setattr(block, name, make_norm(cfg))

@@ -25,8 +25,9 @@ from albert_gpt.config import Config, load_config
 from albert_gpt.data.batches import RandomWindowSampler
 from albert_gpt.data.prefetch import FetchFn, batch_source
 from albert_gpt.errors import ConfigError
+from albert_gpt.modeling.base import CausalLM
 from albert_gpt.modeling.counting import flops_per_token
-from albert_gpt.modeling.model import AlbertGPT
+from albert_gpt.modeling.factory import build_model
 from albert_gpt.runtime import autocast, resolve_device, resolve_dtype, seed_everything
 from albert_gpt.study.info import resolve_vocab
 from albert_gpt.training.optim import build_optimizer, lr_at, set_lr
@@ -108,7 +109,7 @@ class Variant:
     cfg: Config
     device: torch.device
     dtype: torch.dtype
-    model: AlbertGPT
+    model: CausalLM
     forward_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -171,7 +172,7 @@ def build_variant(label: str, cfg: Config, tokens: np.ndarray, vocab_size: int) 
     dtype = resolve_dtype(cfg.run, device)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
     seed_everything(cfg.run.seed)
-    model = AlbertGPT(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     t = cfg.train
     sampler = RandomWindowSampler(tokens, cfg.model.block_size, t.batch_size, cfg.run.seed)
     return Variant(

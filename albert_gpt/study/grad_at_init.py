@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from albert_gpt.config import Config
+from albert_gpt.errors import ConfigError
 from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.study.report import markdown_table
 
@@ -76,6 +77,8 @@ def gradients_at_init(
     al. 2020 bound this per layer); `shared_total` is the norm of the summed gradient the
     optimizer sees. Averaged over `batches` training batches and `seeds` initializations.
     """
+    if cfg.model.arch != "transformer":
+        raise ConfigError(f"grad-at-init studies transformer blocks; model.arch is {cfg.model.arch}")
     from albert_gpt.data.batches import RandomWindowSampler
     from albert_gpt.data.pipeline import prepare_data
 

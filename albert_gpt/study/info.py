@@ -10,8 +10,8 @@ from typing import Any
 
 from albert_gpt.config import Config
 from albert_gpt.errors import ConfigError
+from albert_gpt.modeling.base import padded_vocab_size
 from albert_gpt.modeling.counting import count_parameters, flops_of, meta_model
-from albert_gpt.modeling.model import padded_vocab_size
 
 CHAR_VOCAB = 256  # char tokenizers map bytes/characters; the real size is known only after training
 
@@ -44,6 +44,7 @@ def model_info(cfg: Config) -> dict[str, Any]:
     model = meta_model(model_cfg)
     counts = count_parameters(model)
     return {
+        "arch": model_cfg.arch,
         "n_layers": model_cfg.n_layers,
         "n_groups": model_cfg.n_groups,
         "sharing": model_cfg.sharing,
@@ -63,6 +64,10 @@ def model_info(cfg: Config) -> dict[str, Any]:
     }
 
 
+def _flops_formula(arch: str) -> str:
+    return "(6 x applied without positions + 12 L H T)" if arch == "transformer" else "(6 x applied)"
+
+
 def format_info(info: dict[str, Any]) -> str:
     """A human-readable summary with the breakdown as an aligned table."""
     vocab = f"{info['vocab_size']:,}"
@@ -71,9 +76,10 @@ def format_info(info: dict[str, Any]) -> str:
     if info["vocab_note"]:
         vocab += f"; {info['vocab_note']}"
     lines = [
-        f"model   {info['n_layers']} layers from {info['n_groups']} group(s), sharing {info['sharing']}; "
-        f"H {info['n_embd']}, {info['n_heads']} heads, E {info['embedding_dim']}, "
-        f"context {info['block_size']}",
+        f"model   {info['arch']}: {info['n_layers']} layers from {info['n_groups']} group(s), sharing "
+        f"{info['sharing']}; H {info['n_embd']}, "
+        + (f"{info['n_heads']} heads, " if info["arch"] == "transformer" else "")
+        + f"E {info['embedding_dim']}, context {info['block_size']}",
         f"norm    {info['norm']}, placement {info['norm_placement']}",
         f"vocab   {vocab}",
         "",
@@ -95,6 +101,6 @@ def format_info(info: dict[str, Any]) -> str:
         "",
         f"unique parameters   {info['params_unique']:,}",
         f"applied parameters  {info['params_applied']:,}",
-        f"FLOPs per token     {info['flops_per_token']:,}  (6 x applied without positions + 12 L H T)",
+        f"FLOPs per token     {info['flops_per_token']:,}  " + _flops_formula(info["arch"]),
     ]
     return "\n".join(lines)

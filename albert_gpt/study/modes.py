@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from albert_gpt.modeling.model import AlbertGPT
+from albert_gpt.modeling.base import CausalLM
 
 EVAL_SEED = 20_240_601  # windows for post-training measurements; any fixed seed, apart from training's
 
 
-def _mean_loss(model: AlbertGPT, sampler: Any, batches: int, training: bool, device: torch.device) -> float:
+def _mean_loss(model: CausalLM, sampler: Any, batches: int, training: bool, device: torch.device) -> float:
     model.train(training)
     losses = []
     with torch.no_grad():

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from albert_gpt.checkpoint.weights import unwrap_model
+from albert_gpt.modeling.norms import NORM_TYPES
 
 # TensorBoard bins a histogram on the host; a few tens of thousands of values give the same
 # picture as millions and keep a diagnostics step from copying a whole activation off the GPU.
@@ -49,7 +50,7 @@ def _subsample(x: torch.Tensor) -> torch.Tensor:
 
 
 class DepthDiagnostics:
-    """Collects one step's `diag/` statistics of `model` (an AlbertGPT, possibly wrapped).
+    """Collects one step's `diag/` statistics of `model` (any CausalLM, possibly wrapped).
 
     Activation statistics are taken on the micro-batch run inside `capture()`; parameter
     statistics on whatever gradients the parameters hold when `after_backward` is called.
@@ -180,27 +181,35 @@ def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor | None:
 def parameter_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
     """Gradient norm of every distinct parameter group, and the norms of gamma / beta.
 
-    Groups are the distinct modules: `block_{g}` is model.blocks[g]; a sub-layer shared with
-    an earlier block (partial sharing) is reported once, under the first block holding it.
+    Groups are the distinct modules: `block_{g}` is model.blocks[g], and its parts are its child
+    modules (a transformer block's attn, attn_norm, ffn, ffn_norm; an LSTM layer's projections and
+    norms; a conv block's branch and norm). A part shared with an earlier block (partial sharing) is
+    reported once, under the first block holding it.
     """
     model = unwrap_model(model)
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for g, block in enumerate(model.blocks):
         prefix = f"diag/params/block_{g}/"
-        for part in ("attn", "attn_norm", "ffn", "ffn_norm"):
-            module = getattr(block, part)
-            if id(module) in seen:
+        parts = list(block.named_children())
+        own = [(n, p) for n, p in block.named_parameters(recurse=False)]
+        if own:  # parameters held by the block itself (the LN-LSTM's gate bias)
+            grad = _grad_norm([p for _, p in own])
+            if grad is not None:
+                out[f"{prefix}own_grad_norm"] = grad
+        for part, module in parts:
+            if id(module) in seen or not any(True for _ in module.parameters()):
                 continue
             seen.add(id(module))
             grad = _grad_norm(list(module.parameters()))
             if grad is not None:
                 out[f"{prefix}{part}_grad_norm"] = grad
-            if part.endswith("_norm"):
+            if isinstance(module, NORM_TYPES):
                 for pname, p in module.named_parameters():
                     label = _NORM_PARAM_NAMES.get(pname, pname.replace(".", "_"))
                     out[f"{prefix}{part}_{label}_norm"] = torch.linalg.vector_norm(p.detach().float())
-    embeddings = [m for m in (model.tok_emb, model.pos_emb, model.emb_proj, model.head_proj) if m is not None]
+    embedding_parts = ("tok_emb", "pos_emb", "emb_proj", "head_proj")
+    embeddings = [m for m in (getattr(model, name, None) for name in embedding_parts) if m is not None]
     grad = _grad_norm([p for m in embeddings for p in m.parameters()])
     if grad is not None:
         out["diag/params/embeddings/grad_norm"] = grad

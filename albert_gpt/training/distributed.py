@@ -160,8 +160,8 @@ def wrap_model(model: nn.Module, info: DistInfo, parallel: str | None = None) ->
         for unit in shard_units(model):
             fully_shard(unit, mesh=mesh)
         fully_shard(model, mesh=mesh)
-        # generate() calls forward_cached, not forward: it needs the root's gather hooks too.
-        register_fsdp_forward_method(model, "forward_cached")
+        # generate() calls next_logits, not forward: it needs the root's gather hooks too.
+        register_fsdp_forward_method(model, "next_logits")
         # The root returns logits[..., :vocab_size], a view; nothing modifies it in place.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
         return model

@@ -26,8 +26,9 @@ from albert_gpt.data.prefetch import FetchFn, batch_source
 from albert_gpt.errors import CheckpointError, ConfigError, TrainingError
 from albert_gpt.inference.evaluate import evaluate_tokens
 from albert_gpt.inference.generate import generate_text
+from albert_gpt.modeling.base import CausalLM
 from albert_gpt.modeling.counting import count_parameters
-from albert_gpt.modeling.model import AlbertGPT
+from albert_gpt.modeling.factory import build_model
 from albert_gpt.runtime import resolve_device, resolve_dtype, seed_everything, set_threads
 from albert_gpt.training import dist_checkpoint, distributed
 from albert_gpt.training.diagnostics import DepthDiagnostics
@@ -58,7 +59,7 @@ class Run:
     run_dir: Path
     device: torch.device
     dtype: torch.dtype
-    model: AlbertGPT  # the plain module: checkpoints, generation
+    model: CausalLM  # the plain module: checkpoints, generation
     forward_model: torch.nn.Module  # what training steps call: the model, or torch.compile of it
     # What evaluation calls: never compiled. Its batch shapes differ from training's (eval.batch_size,
     # a short last batch), and each new shape would recompile, then train on a dynamic-shape graph.
@@ -169,7 +170,7 @@ def build_run(cfg: Config, resume: bool, info: DistInfo | None = None) -> Run:
                           "leave model.vocab_size null to take it from the tokenizer")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
 
-    model = AlbertGPT(cfg.model).to(device)
+    model = build_model(cfg.model).to(device)
     distributed.seed_rank(cfg.run.seed, info)
     counts = count_parameters(model)
     m = cfg.model

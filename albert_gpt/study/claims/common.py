@@ -18,7 +18,8 @@ from albert_gpt.config import Config
 from albert_gpt.data.batches import RandomWindowSampler
 from albert_gpt.errors import TrainingError
 from albert_gpt.inference.evaluate import evaluate_tokens
-from albert_gpt.modeling.model import AlbertGPT
+from albert_gpt.modeling.base import CausalLM
+from albert_gpt.modeling.factory import build_model as build_lm
 from albert_gpt.training.optim import build_optimizer, lr_at, set_lr
 from albert_gpt.training.step import NonFiniteGuard, train_step
 from albert_gpt.training.unigram import unigram_perplexity
@@ -53,14 +54,14 @@ def prepared_data(cfg: Config) -> Any:
     return _PREPARED[key]
 
 
-def build_model(cfg: Config, vocab_size: int) -> AlbertGPT:
+def build_model(cfg: Config, vocab_size: int) -> CausalLM:
     torch.manual_seed(cfg.run.seed)
-    return AlbertGPT(dataclasses.replace(cfg.model, vocab_size=vocab_size))
+    return build_lm(dataclasses.replace(cfg.model, vocab_size=vocab_size))
 
 
 @dataclass
 class Trained:
-    model: AlbertGPT
+    model: CausalLM
     losses: list[float]  # training loss of every step (NaN for a skipped step)
     skipped: int
     diverged: bool  # stopped after too many non-finite steps in a row
@@ -69,9 +70,9 @@ class Trained:
 def train_model(
     cfg: Config,
     data: Any,
-    on_step: Callable[[int, AlbertGPT], None] | None = None,
+    on_step: Callable[[int, CausalLM], None] | None = None,
     batch_of: Callable[[int, int], tuple[torch.Tensor, ...]] | None = None,
-    wrap: Callable[[AlbertGPT], torch.nn.Module] | None = None,
+    wrap: Callable[[CausalLM], torch.nn.Module] | None = None,
 ) -> Trained:
     """cfg.train.max_steps optimizer steps as the trainer takes them (AdamW groups, warmup and
     schedule, clipping, the trainer's non-finite guard), on CPU in float32, without run files.
@@ -119,7 +120,7 @@ def train_model(
 
 
 def eval_loss(
-    model: AlbertGPT,
+    model: CausalLM,
     data: Any,
     cfg: Config,
     split: str = "val",
