@@ -37,6 +37,7 @@ BatchStats = Literal["per_depth", "shared"]
 DataSource = Literal["builtin", "files", "hub"]
 EncodingErrors = Literal["replace", "strict"]
 TokenizerType = Literal["bpe", "char", "pretrained"]
+InitScheme = Literal["gpt2", "torch"]
 Schedule = Literal["cosine", "linear", "constant", "inverse_sqrt"]
 
 
@@ -73,7 +74,7 @@ class ModelConfig:
         "all", "what the groups share: all | attention | ffn (the other sub-layer is per layer)"
     )
     n_embd: int = opt(384, "hidden size H", min=1, max=MAX_WIDTH)
-    n_heads: int = opt(6, "attention heads (must divide n_embd)", min=1, max=MAX_WIDTH)
+    n_heads: int = opt(6, "attention heads (must divide n_embd; transformer only)", min=1, max=MAX_WIDTH)
     embedding_dim: int | None = opt(None, "token embedding size E (null = n_embd; E < H factorizes)", min=1,
                                   max=MAX_WIDTH)
     block_size: int = opt(256, "context length in tokens", min=1, max=MAX_CONTEXT)
@@ -115,6 +116,10 @@ class ModelConfig:
         "fused", "fused (torch.nn.functional.layer_norm) | reference (the written-out formula)"
     )
     init_std: float = opt(0.02, "std of the normal init of weights", min_exclusive=0.0)
+    init_scheme: InitScheme = opt(
+        "gpt2", "gpt2 (N(0, init_std), residual output projections scaled down with depth) | torch (each "
+        "layer's own PyTorch default: fan-in uniform for linear, conv and LSTM weights, N(0, 1) embeddings)"
+    )
     conv_kernel_size: int = opt(3, "conv: taps of each causal convolution", min=2, max=MAX_CONTEXT)
     conv_dilation_cycle: int = opt(
         4, "conv: layer d dilates by 2 ** (d % cycle), so the receptive field doubles across each cycle",
@@ -351,7 +356,7 @@ def validate(cfg: Config) -> None:
         for f in dataclasses.fields(section):
             check_field(f"{name}.{f.name}", f, hints[f.name], getattr(section, f.name))
     m, d, t = cfg.model, cfg.data, cfg.train
-    if m.n_embd % m.n_heads:
+    if m.arch == "transformer" and m.n_embd % m.n_heads:
         raise ConfigError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_heads ({m.n_heads})")
     if m.n_layers % m.n_groups:
         raise ConfigError(f"model.n_groups ({m.n_groups}) must divide model.n_layers ({m.n_layers})")

@@ -31,6 +31,14 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
 
 
+def torch_default_init(model: nn.Module) -> None:
+    """`model.init_scheme: torch`: every layer takes PyTorch's own default init (its reset_parameters), the
+    scale convolutional and recurrent networks are usually trained from; norms too (ones and zeros)."""
+    for m in model.modules():
+        if m is not model and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
 class CausalLM(nn.Module):
     """The parts of a causal LM that do not depend on its layers.
 

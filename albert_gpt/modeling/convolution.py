@@ -26,7 +26,7 @@ from torch import nn
 
 from albert_gpt.config import ModelConfig
 from albert_gpt.errors import ConfigError
-from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, padded_vocab_size
+from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, padded_vocab_size, torch_default_init
 from albert_gpt.modeling.block import Trace, ignore_trace, masked_norm, residual_sublayer, sublayer_points
 from albert_gpt.modeling.model import needs_final_norm
 from albert_gpt.modeling.norms import NORM_TYPES, build_norm
@@ -104,6 +104,9 @@ class ConvLM(CausalLM):
     def reset_parameters(self) -> None:
         """GPT-2's init, as the transformer: N(0, init_std) weights, zero biases, each block's output
         projection scaled by 1/sqrt(n_layers) (one residual branch per layer); norms their defaults."""
+        if self.cfg.init_scheme == "torch":
+            torch_default_init(self)
+            return
         std = self.cfg.init_std
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding, nn.Conv1d)):

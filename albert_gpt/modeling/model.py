@@ -14,7 +14,7 @@ from torch import nn
 
 from albert_gpt.config import ModelConfig
 from albert_gpt.errors import ConfigError
-from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, padded_vocab_size
+from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, padded_vocab_size, torch_default_init
 from albert_gpt.modeling.layers import CausalSelfAttention, FeedForward, KVCache
 from albert_gpt.modeling.norms import NORM_TYPES, build_norm
 from albert_gpt.modeling.sharing import build_stack
@@ -54,6 +54,9 @@ class AlbertGPT(CausalLM):
         applications); DeepNorm instead scales FFN, value and output projections by
         beta = (8N)^(-1/4). Norms then restore their own defaults.
         """
+        if self.cfg.init_scheme == "torch":
+            torch_default_init(self)
+            return
         std, n = self.cfg.init_std, self.cfg.n_layers
         for m in self.modules():  # modules() yields a shared module once
             if isinstance(m, (nn.Linear, nn.Embedding)):

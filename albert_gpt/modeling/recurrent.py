@@ -29,7 +29,7 @@ from torch import nn
 
 from albert_gpt.config import ModelConfig
 from albert_gpt.errors import ConfigError
-from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, padded_vocab_size
+from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, padded_vocab_size, torch_default_init
 from albert_gpt.modeling.block import ignore_trace
 from albert_gpt.modeling.norms import NORM_TYPES, SequenceBatchNorm, build_norm
 
@@ -59,6 +59,12 @@ class NormedLSTMLayer(nn.Module):
         self.input_norm = build_norm(cfg, 4 * H)
         self.recurrent_norm = build_norm(cfg, 4 * H)
         self.cell_norm = build_norm(cfg, H)
+
+    def reset_parameters(self) -> None:
+        """nn.LSTM's default: every weight and the bias U(-1/sqrt(H), 1/sqrt(H))."""
+        bound = 1.0 / math.sqrt(self.bias.numel() // 4)
+        for p in (self.input_proj.weight, self.recurrent_proj.weight, self.bias):
+            nn.init.uniform_(p, -bound, bound)
 
     def forward(
         self, x: torch.Tensor, state: State | None = None, valid: torch.Tensor | None = None
@@ -120,20 +126,19 @@ class LSTMLM(CausalLM):
     def reset_parameters(self) -> None:
         """Embeddings and projections N(0, init_std); LSTM weights and biases U(-1/sqrt(H), 1/sqrt(H)),
         torch's nn.LSTM default, for both layer kinds; norms their own defaults."""
-        bound = 1.0 / math.sqrt(self.cfg.n_embd)
+        if self.cfg.init_scheme == "torch":
+            torch_default_init(self)
+            return
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, mean=0.0, std=self.cfg.init_std)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
         for block in self.blocks:
-            lstm_params = (
-                block.lstm.parameters()
-                if isinstance(block, TorchLSTMLayer)
-                else (block.input_proj.weight, block.recurrent_proj.weight, block.bias)
-            )
-            for p in lstm_params:
-                nn.init.uniform_(p, -bound, bound)
+            if isinstance(block, TorchLSTMLayer):
+                block.lstm.reset_parameters()
+            else:
+                block.reset_parameters()
         for m in self.modules():
             if isinstance(m, NORM_TYPES):
                 m.reset_parameters()

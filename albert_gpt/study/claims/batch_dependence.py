@@ -29,7 +29,7 @@ ARM_OF = {"LN": "post-LN", "BN": "BN per depth"}
 MIN_LENGTH = 8
 
 
-class _Padded(nn.Module):
+class Padded(nn.Module):
     """Trains on right-padded batches: targets of padding are -1; with `masked`, BatchNorm is told which
     positions are real (derived from those targets)."""
 
@@ -84,7 +84,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
             return padded_batch(sampler, step, cfg.run.seed, data.tokenizer.eot_id)
 
         def wrap(model: nn.Module) -> nn.Module:
-            return _Padded(model, masked)
+            return Padded(model, masked)
 
     trained = train_model(cfg, data, batch_of=batch_of, wrap=wrap)
     model = trained.model

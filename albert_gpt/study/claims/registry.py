@@ -9,12 +9,17 @@ from albert_gpt.study.claims.ledger import Claim
 def all_claims() -> list[Claim]:
     from albert_gpt.study.claims import (
         activations,
+        adaptive,
         batch_dependence,
+        conv_depth,
+        conv_norms,
         drift,
         formula,
         generalization,
         gradients,
+        padded_batchnorm,
         perturbation,
+        recurrent,
         sensitivity,
     )
 
@@ -29,6 +34,11 @@ def all_claims() -> list[Claim]:
         sensitivity.BATCH_CLAIM,
         generalization.CLAIM,
         batch_dependence.CLAIM,
+        recurrent.CLAIM,
+        conv_depth.CLAIM,
+        conv_norms.CLAIM,
+        padded_batchnorm.CLAIM,
+        adaptive.CLAIM,
     ]
 
 

@@ -1,0 +1,171 @@
+"""The decision rules of the ledger rows on LSTM and convolutional models (i to m), applied to planted
+results, and their measurements on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from albert_gpt.config import ModelConfig
+from albert_gpt.modeling.convolution import ConvLM
+from albert_gpt.study.claims import adaptive, conv_depth, conv_norms, padded_batchnorm, recurrent
+
+SEEDS = (1, 2, 3)
+JITTER = (0.0, 0.01, -0.01)
+
+
+def _recurrent(ln_early: float, ln_width: int, plain_width: int) -> list[dict]:
+    out = []
+    for arm in recurrent.ARMS:
+        for s, j in zip(SEEDS, JITTER):
+            width = ln_width if arm == "LN-LSTM" else plain_width
+            for k, lr in enumerate(recurrent.LRS):
+                # the first `width` learning rates end at 2.0, the rest far above the best
+                final = 2.0 + j if k < width else 4.0
+                early = (ln_early if arm == "LN-LSTM" else 2.5) + j
+                out.append(
+                    {
+                        "arm": arm,
+                        "lr": lr,
+                        "seed": s,
+                        "val_loss": final,
+                        "early_val_loss": early,
+                        "diverged": False,
+                        "seconds_per_step": 0.01,
+                    }
+                )
+    return out
+
+
+@pytest.mark.parametrize(
+    ("ln_early", "ln_width", "plain_width", "verdict"),
+    [
+        (2.3, 4, 2, "supported"),
+        (2.7, 4, 2, "contradicted"),
+        (2.3, 2, 2, "mixed"),
+        (2.5, 2, 4, "contradicted"),
+    ],
+)
+def test_lstm_rule(ln_early, ln_width, plain_width, verdict):
+    analysis = recurrent.analyze(_recurrent(ln_early, ln_width, plain_width))
+    assert analysis.verdict == verdict
+    assert recurrent.trainable_lrs(_recurrent(ln_early, ln_width, plain_width), "LN-LSTM", 1) == ln_width
+
+
+def _snapshot(rms_growth: float, grad_growth: float, pert_growth: float) -> dict:
+    n = 16
+    return {
+        "rms": [rms_growth ** (d / (n - 1)) for d in range(n)],
+        "grad": [grad_growth ** ((n - 1 - d) / (n - 1)) for d in range(n)],
+        "perturbation": [conv_depth.RELATIVE * pert_growth] * (n - conv_depth.INJECT_AT),
+    }
+
+
+def _conv_depth(none_growth: float, post_growth: float) -> list[dict]:
+    out = []
+    for init in conv_depth.INITS:
+        for arm in conv_depth.ARMS:
+            g = none_growth if arm == "no norm + final LN" else post_growth
+            for s, j in zip(SEEDS, JITTER):
+                snap = _snapshot(g * (1 + j), g * (1 + j), g * (1 + j))
+                out.append(
+                    {"arm": arm, "init": init, "seed": s, "at_init": snap, "trained": snap, "diverged": False}
+                )
+    return out
+
+
+def test_conv_depth_measures_in_doublings():
+    snap = {"trained": _snapshot(8.0, 4.0, 2.0)}
+    m = conv_depth.measures(snap, "trained")
+    assert m == pytest.approx({"activation": 3.0, "gradient": 2.0, "perturbation": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("none", "post", "verdict"), [(16.0, 1.1, "supported"), (1.1, 16.0, "contradicted"), (1.5, 1.1, "mixed")]
+)
+def test_conv_depth_rule(none, post, verdict):
+    assert conv_depth.analyze(_conv_depth(none, post)).verdict == verdict
+
+
+def test_conv_depth_propagation_is_zero_before_injection_and_measured_after():
+    torch.manual_seed(0)
+    model = ConvLM(ModelConfig(arch="conv", n_layers=6, n_groups=6, n_embd=16, block_size=8, vocab_size=11))
+    x = torch.randint(0, 11, (2, 8))
+    rel = conv_depth.propagate(model, x, at=2, relative=1e-3, seed=0)
+    assert len(rel) == 4 and rel[0] == pytest.approx(1e-3, rel=1e-4)
+
+
+def _conv_norms(instance_delta: float, gn_delta: float) -> list[dict]:
+    out = []
+    for norm in conv_norms.NORMS:
+        for lr in conv_norms.LRS:
+            for s, j in zip(SEEDS, JITTER):
+                base = 2.0 + j
+                if norm == "instance (causal)":
+                    base += instance_delta
+                if norm == f"GroupNorm G={conv_norms.DECIDING_GROUPS}":
+                    base += gn_delta
+                out.append({"norm": norm, "lr": lr, "seed": s, "val_loss": base, "diverged": False})
+    return out
+
+
+@pytest.mark.parametrize(
+    ("inst", "gn", "verdict"), [(-0.1, 0.1, "supported"), (0.1, 0.2, "contradicted"), (0.1, 0.0, "mixed")]
+)
+def test_conv_norms_rule(inst, gn, verdict):
+    assert conv_norms.analyze(_conv_norms(inst, gn)).verdict == verdict
+
+
+def _padded(lstm_gap: float, conv_gap: float) -> list[dict]:
+    out = []
+    for arch, gap in (("LSTM", lstm_gap), ("conv", conv_gap)):
+        for arm in padded_batchnorm.ARMS:
+            for s, j in zip(SEEDS, JITTER):
+                loss = 2.0 + j + (gap if arm.startswith("BN") else 0.0)
+                out.append(
+                    {
+                        "arch": arch,
+                        "arm": arm,
+                        "seed": s,
+                        "val_loss": loss,
+                        "val_loss_train_mode": loss,
+                        "future_leak": 0.0,
+                        "diverged": False,
+                    }
+                )
+    return out
+
+
+@pytest.mark.parametrize(
+    ("lstm", "conv", "verdict"), [(0.2, 0.1, "supported"), (-0.2, -0.1, "contradicted"), (0.2, -0.1, "mixed")]
+)
+def test_padded_batchnorm_rule(lstm, conv, verdict):
+    assert padded_batchnorm.analyze(_padded(lstm, conv)).verdict == verdict
+
+
+def test_future_leak_is_zero_for_a_causal_model_and_positive_for_batchnorm():
+    torch.manual_seed(0)
+    cfg = dict(arch="conv", n_layers=2, n_groups=2, n_embd=16, block_size=8, vocab_size=11)
+    x = torch.randint(0, 11, (4, 8))
+    assert padded_batchnorm.future_leak(ConvLM(ModelConfig(**cfg, norm="layernorm")), x) == 0.0
+    assert padded_batchnorm.future_leak(ConvLM(ModelConfig(**cfg, norm="batchnorm")), x) > 1e-4
+
+
+def _adaptive(adaptive_loss: float) -> list[dict]:
+    losses = {"shared": 2.2, "shared + per-depth LN gain and bias": adaptive_loss, "unshared": 2.0}
+    params = {"shared": 1000, "shared + per-depth LN gain and bias": 1100, "unshared": 5000}
+    return [
+        {"arm": arm, "seed": s, "val_loss": losses[arm] + j, "params": params[arm], "diverged": False}
+        for arm in adaptive.ARMS
+        for s, j in zip(SEEDS, JITTER)
+    ]
+
+
+@pytest.mark.parametrize(("loss", "verdict"), [(2.1, "supported"), (2.3, "contradicted"), (2.2, "mixed")])
+def test_adaptive_rule_and_gap_fraction(loss, verdict):
+    analysis = adaptive.analyze(_adaptive(loss))
+    assert analysis.verdict == verdict
+    if verdict == "supported":
+        assert "close 50% of the shared-unshared gap" in analysis.reason
+        # 0.1 nats for 100 parameters against 0.2 for 4000: 20x the gain per parameter
+        assert "at 20x the gain per added parameter" in analysis.reason
