@@ -61,7 +61,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_run(
         Path(args.run_dir), split=args.split, stride=args.stride, checkpoint=args.checkpoint,
-        batch_size=args.batch_size, progress=not args.json,
+        batch_size=args.batch_size, progress=not args.json, device=args.device, dtype=args.dtype,
+        text=None if args.text is None else Path(args.text),
     )
     print(json.dumps(result) if args.json else format_eval(result))
     return 0
@@ -73,7 +74,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     generate_from_run(
         Path(args.run_dir), prompt=args.prompt, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        checkpoint=args.checkpoint,
+        checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
     )
     return 0
 
@@ -134,6 +135,15 @@ def cmd_claim(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
+                   help="where to run (default: auto, this machine's GPU if it has one, else the CPU; "
+                   "not the device the run was trained on)")
+    p.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
+                   help="compute dtype (default: auto, bfloat16 where this device runs it fast, "
+                   "else float32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="albert-gpt", description="Train and study post-LN, parameter-shared GPT models."
@@ -160,23 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="perplexity and bits per byte of a trained run")
-    p.add_argument("run_dir")
-    p.add_argument("--split", default="val", choices=("train", "val", "test"))
+    p.add_argument("run_dir", help="a run directory (holds config.yaml and checkpoints/)")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"),
+                   help="which of the run's splits to score (read from its token cache)")
+    p.add_argument("--text", default=None, metavar="FILE",
+                   help="score this UTF-8 text file instead, with the run's tokenizer (no training data "
+                   "needed)")
     p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default: block_size)")
     p.add_argument("--checkpoint", default=None, help="checkpoint name or path (default: best, else latest)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="windows per forward pass (default: eval.batch_size, else train.batch_size)")
+    with_device_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("generate", help="sample text from a trained run")
-    p.add_argument("run_dir")
-    p.add_argument("--prompt", default="\n")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--checkpoint", default=None)
+    p.add_argument("run_dir", help="a run directory (holds config.yaml and checkpoints/)")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="stop after this many tokens")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    p.add_argument("--top-p", type=float, default=None, help="sample among the smallest set of tokens "
+                   "whose probabilities sum to p (nucleus sampling)")
+    p.add_argument("--seed", type=int, default=1337, help="the same seed gives the same text")
+    p.add_argument("--checkpoint", default=None, help="checkpoint name or path (default: best, else latest)")
+    with_device_options(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("sweep", help="run a grid of configs (resumable)")

@@ -7,6 +7,7 @@ step, the plain LSTM as torch's nn.LSTM, the norms from their formulas.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -313,3 +314,29 @@ def test_per_depth_affine_trains_saves_and_loads(tmp_path):
 def test_architecture_config_errors_name_the_key(model, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         config_from_dict({"model": model})
+
+
+@pytest.mark.parametrize("arch", ["lstm", "conv"])
+def test_cli_trains_evaluates_generates_and_counts_other_architectures(tmp_path, capsys, arch):
+    """The same commands serve every architecture: train, eval (perplexity, bits per byte), generate, info."""
+    import json
+
+    import yaml
+    from train_utils import tiny_raw
+
+    from albert_gpt.cli import main
+
+    raw = tiny_raw(tmp_path, model={"arch": arch, "norm": "layernorm", "n_groups": 2}, train={"max_steps": 4})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["train", str(path)]) == 0
+    run_dir = tmp_path / "runs" / "tiny"
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]), rel=1e-6)
+    assert 0 < result["bits_per_byte"] < 10
+    assert main(["generate", str(run_dir), "--prompt", "the", "--max-new-tokens", "5", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("the")
+    assert main(["info", str(path)]) == 0
+    assert f"model   {arch}: 2 layers from 2 group(s)" in capsys.readouterr().out

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from albert_gpt.checkpoint import load_for_inference
@@ -326,3 +327,71 @@ def test_cli_eval_missing_run_dir(tmp_path: Path, capsys) -> None:
     """A path that is not a run directory is reported by name."""
     assert main(["eval", str(tmp_path / "nope")]) == 2
     assert f"run directory not found: {tmp_path / 'nope'}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- portable runs, any text
+
+
+def _trained_run(tmp_path):
+    from train_utils import tiny_config
+
+    from albert_gpt.training.trainer import train
+
+    cfg = tiny_config(tmp_path, train={"max_steps": 4})
+    train(cfg)
+    return cfg
+
+
+def test_eval_of_a_text_file_is_the_hand_computed_nll_of_eot_plus_its_tokens(tmp_path):
+    from albert_gpt.checkpoint import load_for_inference
+    from albert_gpt.inference.evaluate import evaluate_run
+
+    cfg = _trained_run(tmp_path)
+    text_file = tmp_path / "other.txt"
+    text = "the red dog sat on a big log.\n" * 3
+    text_file.write_text(text, encoding="utf-8")
+    result = evaluate_run(cfg.run_dir, text=text_file, progress=False, device="cpu", dtype="float32")
+    _, model, tokenizer = load_for_inference(cfg.run_dir)
+    ids = torch.tensor([[tokenizer.eot_id, *tokenizer.encode(text)]])
+    T = cfg.model.block_size
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, ids.size(1) - 1, T):  # disjoint windows, each predicting its next T tokens
+            x, y = ids[:, start : start + T], ids[:, start + 1 : start + T + 1]
+            logits, _ = model(x[:, : y.size(1)])
+            nll += F.cross_entropy(logits[0], y[0], reduction="sum").item()
+            n += y.size(1)
+    assert result["tokens"] == n == len(tokenizer.encode(text))
+    assert result["loss"] == pytest.approx(nll / n, rel=1e-6)
+    assert result["bits_per_byte"] == pytest.approx(nll / math.log(2) / len(text.encode()), rel=1e-6)
+    assert result["split"] == "text" and result["device"] == "cpu"
+
+
+def test_a_run_trained_for_cuda_evaluates_here_without_its_training_data(tmp_path, monkeypatch):
+    """The config says cuda (edited, as a GPU run's would): the manifest does not object, eval and generate
+    default to this machine's device, and the split comes from the recorded cache: no corpus, any cwd."""
+    from albert_gpt.cli import main
+
+    cfg = _trained_run(tmp_path)
+    for config in [cfg.run_dir / "config.yaml", *cfg.run_dir.glob("checkpoints/step_*/config.yaml")]:
+        config.write_text(config.read_text().replace("device: cpu", "device: cuda"))
+    (tmp_path / "corpus.txt").unlink()  # the training data is gone
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    if not torch.cuda.is_available():
+        assert main(["eval", str(cfg.run_dir), "--json"]) == 0
+        assert main(["generate", str(cfg.run_dir), "--max-new-tokens", "3"]) == 0
+        assert main(["eval", str(cfg.run_dir), "--device", "cuda"]) == 2  # asked for, and not here: one line
+
+
+def test_eval_text_errors_are_one_line(tmp_path, capsys):
+    from albert_gpt.cli import main
+
+    cfg = _trained_run(tmp_path)
+    assert main(["eval", str(cfg.run_dir), "--text", str(tmp_path / "missing.txt")]) == 2
+    assert "--text: no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok \xff\xfe")
+    assert main(["eval", str(cfg.run_dir), "--text", str(bad)]) == 2
+    assert "not UTF-8 text (byte 3)" in capsys.readouterr().err

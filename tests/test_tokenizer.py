@@ -27,8 +27,9 @@ def random_unicode(rng: random.Random, n: int) -> str:
     """Any scalar value: every plane, controls, combining marks; never a lone surrogate."""
     chars = []
     while len(chars) < n:
-        code = rng.choice([rng.randrange(0x80), rng.randrange(0x800), rng.randrange(0x10000),
-                           rng.randrange(0x110000)])
+        code = rng.choice(
+            [rng.randrange(0x80), rng.randrange(0x800), rng.randrange(0x10000), rng.randrange(0x110000)]
+        )
         if not 0xD800 <= code <= 0xDFFF:
             chars.append(chr(code))
     return "".join(chars)
@@ -42,11 +43,23 @@ def test_bpe_round_trip_random_unicode(bpe):
         assert bpe.decode(bpe.encode(text)) == text
 
 
-@pytest.mark.parametrize("text", [
-    "", " ", "\n\n\n", "  \t \r\n  x  ", "emoji 😀👩🏽‍🚀🇫🇷 end", "中文和日本語のテキスト、한국어",
-    "\u00a0nbsp\u200bzero width\ufeffbom", "\x00\x01 controls \x7f", "e\u0301 combining", "\ufffd",
-    "literal <|endoftext|> inside", "x" * 5000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "\n\n\n",
+        "  \t \r\n  x  ",
+        "emoji 😀👩🏽‍🚀🇫🇷 end",
+        "中文和日本語のテキスト、한국어",
+        "\u00a0nbsp\u200bzero width\ufeffbom",
+        "\x00\x01 controls \x7f",
+        "e\u0301 combining",
+        "\ufffd",
+        "literal <|endoftext|> inside",
+        "x" * 5000,
+    ],
+)
 def test_bpe_round_trip_edge_cases(bpe, text):
     """Round trip on emojis (with joiners), CJK, whitespace runs, controls and the eot spelling."""
     assert bpe.decode(bpe.encode(text)) == text
@@ -160,3 +173,38 @@ def test_load_guesses_the_only_special_token(tmp_path):
     with pytest.raises(DataError, match="cannot tell which token ends a text"):
         TextTokenizer.load(ambiguous)
     assert TextTokenizer.load(ambiguous, eot_token="</s>").eot_id == 4
+
+
+def test_char_tokenizer_is_a_standard_tokenizer_json_that_agrees_on_the_whole_corpus(tmp_path):
+    """The saved char tokenizer loads with tokenizers' own Tokenizer.from_file and encodes and decodes the
+    whole builtin corpus (plus unseen characters and the end-of-text spelling) exactly as the CharVocab does."""
+    docs = builtin_documents()
+    train, held_out = docs[:60], docs[60:]
+    tok = build_tokenizer(TokenizerConfig(type="char"), train, progress=False)
+    path = tmp_path / "tokenizer.json"
+    tok.save(path)
+    standard = Tokenizer.from_file(str(path))
+    standard.encode_special_tokens = True  # what TextTokenizer sets: the eot spelling is plain text
+    text = "\n".join(docs) + " <|endoftext|> \u00e9\u4e2d\U0001f600 \ufffd"
+    ids = tok.encode(text)
+    assert standard.encode(text, add_special_tokens=False).ids == ids
+    assert standard.decode(ids, skip_special_tokens=False) == tok.decode(ids)
+    assert standard.get_vocab_size(with_added_tokens=True) == tok.vocab_size
+    assert standard.decode([tok.eot_id], skip_special_tokens=False) == "<|endoftext|>"
+    reloaded = TextTokenizer.load(path)
+    assert reloaded.kind == "char" and reloaded.encode(text) == ids and reloaded.eot_id == tok.eot_id
+
+
+def test_char_tokenizer_of_the_earlier_private_format_still_loads(tmp_path):
+    import json
+
+    path = tmp_path / "tokenizer.json"
+    spec = {
+        "format": "albert_gpt.char_tokenizer",
+        "version": 1,
+        "chars": ["a", "b"],
+        "eot_token": "<|endoftext|>",
+    }
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    tok = TextTokenizer.load(path)
+    assert tok.encode("abz") == [0, 1, 3] and tok.eot_id == 2 and tok.decode([3]) == UNKNOWN_CHAR

@@ -118,8 +118,14 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
+# Files a user may edit (a run trained on a GPU says device: cuda; evaluating it elsewhere is fine): the
+# manifest guards the weights, the training state and the tokenizer, and only requires these to exist.
+EDITABLE_FILES = (CONFIG_FILE,)
+
+
 def verify_checkpoint(path: Path) -> dict[str, Any]:
-    """Check every file against meta.json (size, sha256); returns the meta or raises CheckpointError."""
+    """Check every file against meta.json (size, sha256; an EDITABLE_FILE only for being there); returns
+    the meta or raises CheckpointError."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: checkpoint directory not found")
@@ -131,6 +137,8 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{file}: missing")
+        if name in EDITABLE_FILES:
+            continue
         size = file.stat().st_size
         if size != expected.get("bytes"):
             raise CheckpointError(f"{file}: {size} bytes, {expected.get('bytes')} recorded (truncated?)")

@@ -8,6 +8,7 @@ and are left out.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -76,6 +77,42 @@ def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
     seconds = time.perf_counter() - start
     stats = {**meta["stats"], "cached": cached, "cache_path": str(entry), "seconds": seconds}
     return PreparedData(tokenizer, splits, entry, stats)
+
+
+# A run directory's record of where its token cache is (an absolute path), so evaluation finds its splits
+# without the training data and from any working directory.
+DATA_RECORD = "data.json"
+
+
+def write_data_record(prepared: PreparedData, path: Path) -> None:
+    record = {"cache_entry": str(Path(prepared.cache_dir).resolve())}
+    cache.write_json_atomic(path, record)
+
+
+def read_data_record(run_dir: Path) -> PreparedData | None:
+    """The run's prepared splits from the cache entry its DATA_RECORD names; None when there is no record
+    or the entry is gone or incomplete."""
+    try:
+        record = json.loads((Path(run_dir) / DATA_RECORD).read_text(encoding="utf-8"))
+        return open_entry(Path(record["cache_entry"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def open_entry(entry: Path) -> PreparedData | None:
+    """A complete cache entry opened by its path alone (no config, no access to the source); None when it
+    is gone or incomplete. What `albert-gpt eval` reads a run's splits from, wherever it runs."""
+    entry = Path(entry)
+    try:
+        fp = json.loads((entry / META).read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+    meta = cache.read_entry(entry, str(fp))
+    if meta is None:
+        return None
+    tokenizer = TextTokenizer.load(entry / TOKENIZER, eot_token=meta["eot_token"])
+    splits = {name: cache.open_split(entry, name, meta) for name in SPLITS}
+    return PreparedData(tokenizer, splits, entry, {**meta["stats"], "cached": True, "cache_path": str(entry)})
 
 
 def _build(cfg: Config, out: Path, fp: str, progress: bool) -> dict[str, Any]:

@@ -14,15 +14,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from albert_gpt.config import TokenizerConfig
 from albert_gpt.data.sources import document_count
 from albert_gpt.errors import DataError
 
-CHAR_FORMAT = "albert_gpt.char_tokenizer"
+CHAR_FORMAT = "albert_gpt.char_tokenizer"  # the private format of earlier runs, still read
 DEFAULT_EOT = "<|endoftext|>"
 UNKNOWN_CHAR = "\ufffd"  # what the unknown-character id decodes to
+UNKNOWN_TOKEN = "<|unk|>"  # its spelling in the tokenizers JSON (U+FFFD may be a real character there)
+ONE_CHARACTER = r"[\s\S]"  # the char tokenizer's pre-tokenizer: every code point alone
 
 
 class CharVocab:
@@ -56,8 +58,32 @@ class CharVocab:
             bad = next(i for i in ids if not isinstance(i, int) or not 0 <= i < len(self._table))
             raise DataError(f"token id {bad} is outside the vocabulary of {len(self._table)}") from None
 
-    def to_json(self) -> dict:
-        return {"format": CHAR_FORMAT, "version": 1, "chars": self.chars, "eot_token": self.eot_token}
+    def to_tokenizer(self) -> Tokenizer:
+        """The same vocabulary as a standard `tokenizers` tokenizer (a WordLevel model over single
+        characters), which encodes and decodes exactly as this class does (tested on a whole corpus):
+        `Tokenizer.from_file` and Hugging Face's AutoTokenizer load it."""
+        vocab = {c: i for i, c in enumerate([*self.chars, self.eot_token, UNKNOWN_TOKEN])}
+        backend = Tokenizer(models.WordLevel(vocab, unk_token=UNKNOWN_TOKEN))
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex(ONE_CHARACTER), "isolated")
+        backend.decoder = decoders.Sequence([decoders.Replace(UNKNOWN_TOKEN, UNKNOWN_CHAR), decoders.Fuse()])
+        backend.add_special_tokens([self.eot_token])
+        return backend
+
+    @staticmethod
+    def from_spec(spec: dict) -> CharVocab | None:
+        """The CharVocab a tokenizer.json describes, when it is one `to_tokenizer` wrote (or the earlier
+        private format); None for any other tokenizer."""
+        if spec.get("format") == CHAR_FORMAT:
+            return CharVocab(spec["chars"], spec["eot_token"])
+        model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+        if model.get("type") != "WordLevel" or model.get("unk_token") != UNKNOWN_TOKEN:
+            return None
+        if pre.get("type") != "Split" or (pre.get("pattern") or {}).get("Regex") != ONE_CHARACTER:
+            return None
+        table = sorted(model["vocab"], key=model["vocab"].get)  # tokens in id order
+        if len(table) < 2 or table[-1] != UNKNOWN_TOKEN:
+            return None
+        return CharVocab(table[:-2], table[-2])
 
 
 class TextTokenizer:
@@ -111,8 +137,10 @@ class TextTokenizer:
         return self._backend.decode(ids, skip_special_tokens=False)
 
     def to_json(self) -> str:
+        """A standard tokenizer.json; the char vocabulary is written as the equivalent WordLevel tokenizer.
+        (`encode_special_tokens` is not part of that format: `load` sets it again.)"""
         if isinstance(self._backend, CharVocab):
-            return json.dumps(self._backend.to_json(), ensure_ascii=False)
+            return self._backend.to_tokenizer().to_str()
         return self._backend.to_str()
 
     def save(self, path: str | Path) -> None:
@@ -137,8 +165,9 @@ class TextTokenizer:
             spec = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}: not a tokenizer.json (line {exc.lineno}: {exc.msg})") from None
-        if isinstance(spec, dict) and spec.get("format") == CHAR_FORMAT:
-            return cls(CharVocab(spec["chars"], spec["eot_token"]), spec["eot_token"])
+        chars = CharVocab.from_spec(spec) if isinstance(spec, dict) else None
+        if chars is not None:  # kept as a CharVocab: its vectorised encoder is the fast path
+            return cls(chars, chars.eot_token)
         try:
             backend = Tokenizer.from_str(text)
         except Exception as exc:  # tokenizers raises a bare Exception for a schema mismatch
@@ -151,10 +180,10 @@ class TextTokenizer:
         return {"json": self.to_json(), "eot_token": self.eot_token, "char": self.kind == "char"}
 
     def __setstate__(self, state: dict) -> None:
+        backend: Tokenizer | CharVocab | None = None
         if state["char"]:
-            spec = json.loads(state["json"])
-            backend: Tokenizer | CharVocab = CharVocab(spec["chars"], spec["eot_token"])
-        else:
+            backend = CharVocab.from_spec(json.loads(state["json"]))
+        if backend is None:
             backend = Tokenizer.from_str(state["json"])
         self.__init__(backend, state["eot_token"])
 

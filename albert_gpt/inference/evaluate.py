@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import math
+import typing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -172,11 +173,18 @@ def evaluate_run(
     checkpoint: str | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    device: str | None = None,
+    dtype: str | None = None,
+    text: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run's checkpoint (best, else latest, unless named) on one data split."""
+    """Evaluate a run's checkpoint (best, else latest, unless named) on one of its splits, or on the text
+    file `text` with the run's own tokenizer.
+
+    `device` and `dtype` default to what this machine has (`auto`), not to what the run was trained on.
+    A split is read from the token cache the run recorded (no access to the training data needed); only
+    when that cache is gone is the data prepared again. A text file needs no data at all.
+    """
     from albert_gpt.checkpoint import META_FILE, load_for_inference, resolve_checkpoint
-    from albert_gpt.data.pipeline import prepare_data
-    from albert_gpt.runtime import resolve_device, resolve_dtype
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -184,24 +192,77 @@ def evaluate_run(
     if split not in ("train", "val", "test"):
         raise ConfigError(f"unknown split {split!r} (choose one of: train, val, test)")
     path = resolve_checkpoint(run_dir, checkpoint)
-    cfg, model, _ = load_for_inference(run_dir, checkpoint=str(path), device="cpu")
+    cfg, model, tokenizer = load_for_inference(run_dir, checkpoint=str(path), device="cpu")
     block_size = cfg.model.block_size
     if stride is not None and not 1 <= stride <= block_size:
         raise ConfigError(f"--stride must be between 1 and block_size ({block_size}), got {stride}")
-    device = resolve_device(cfg.run)
-    dtype = resolve_dtype(cfg.run, device)
-    model.to(device)
-    prepared = prepare_data(cfg, progress=progress)
-    tokens = prepared.splits[split]
+    torch_device, torch_dtype = inference_device(device, dtype)
+    model.to(torch_device)
+    if text is not None:
+        tokens, n_bytes, source = *_text_tokens(Path(text), tokenizer), str(text)
+    else:
+        tokens, n_bytes, source = _split_tokens(cfg, run_dir, split, progress)
     if len(tokens) < 2:
-        raise DataError(f"split {split!r} of {run_dir} has {len(tokens)} tokens; nothing to evaluate")
+        raise DataError(f"{source} has {len(tokens)} tokens; nothing to evaluate")
     result = evaluate_tokens(
-        model, tokens.tokens, block_size, batch_size or cfg.eval.batch_size or cfg.train.batch_size,
-        device, dtype, stride=stride, n_bytes=tokens.n_bytes, progress=progress,
+        model, tokens, block_size, batch_size or cfg.eval.batch_size or cfg.train.batch_size,
+        torch_device, torch_dtype, stride=stride, n_bytes=n_bytes, progress=progress,
     )
     meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))  # verified by resolve_checkpoint
-    return {**result, "split": split, "stride": stride or block_size, "checkpoint": path.name,
-            "step": meta.get("step"), "note": fallback_note(run_dir, checkpoint, path)}
+    return {**result, "split": "text" if text is not None else split, "source": source,
+            "stride": stride or block_size, "checkpoint": path.name, "step": meta.get("step"),
+            "device": str(torch_device), "dtype": str(torch_dtype).removeprefix("torch."),
+            "note": fallback_note(run_dir, checkpoint, path)}
+
+
+def inference_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype to evaluate or sample on: the ones asked for, else this machine's best
+    (`auto`), checked with the same rules and messages as `run.device` and `run.dtype`."""
+    from albert_gpt.config import RunConfig
+    from albert_gpt.runtime import resolve_device, resolve_dtype
+    from albert_gpt.typed_values import coerce
+
+    hints = typing.get_type_hints(RunConfig)
+    run = RunConfig(
+        device=coerce("--device", device or "auto", hints["device"], from_text=True),
+        dtype=coerce("--dtype", dtype or "auto", hints["dtype"], from_text=True),
+    )
+    resolved = resolve_device(run)
+    return resolved, resolve_dtype(run, resolved)
+
+
+def _split_tokens(cfg: Any, run_dir: Path, split: str, progress: bool) -> tuple[np.ndarray, int, str]:
+    from albert_gpt.data.pipeline import prepare_data, read_data_record
+
+    prepared = read_data_record(run_dir)
+    if prepared is None:
+        log.info("%s: its token cache is not where the run recorded it; preparing the data again", run_dir)
+        prepared = prepare_data(cfg, progress=progress)
+    tokens = prepared.splits[split]
+    return tokens.tokens, tokens.n_bytes, f"split {split!r} of {run_dir}"
+
+
+def _text_tokens(path: Path, tokenizer: Any) -> tuple[np.ndarray, int]:
+    """The file's text as one document after a boundary: the end-of-text token, then its tokens (so its
+    first token is predicted from the boundary, as the first token of every document in training); and
+    the text's size in UTF-8 bytes."""
+    text = _read_text(path)
+    unknown = tokenizer.unknown_characters(text)
+    if unknown:
+        log.warning("%s: %d character(s) the tokenizer never saw in training are scored as the unknown token",
+                    path, len(unknown))
+    return np.array([tokenizer.eot_id, *tokenizer.encode(text)], dtype=np.int64), len(text.encode("utf-8"))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+    except FileNotFoundError:
+        raise ConfigError(f"--text: no such file: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"--text {path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"--text {path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def fallback_note(run_dir: Path, asked: str | None, used: Path) -> str | None:
@@ -221,7 +282,8 @@ def fallback_note(run_dir: Path, asked: str | None, used: Path) -> str | None:
 def format_eval(result: dict[str, Any]) -> str:
     bpb = result.get("bits_per_byte")
     lines = [
-        f"split          {result.get('split', '-')}",
+        f"scored         {result.get('source', result.get('split', '-'))}",
+        f"device         {result.get('device', '-')} ({result.get('dtype', '-')})",
         f"checkpoint     {result.get('checkpoint') or '-'} (step {result.get('step', '-')})",
         f"stride         {result.get('stride', '-')}",
         f"tokens scored  {result['tokens']:,}",

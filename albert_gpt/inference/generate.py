@@ -125,11 +125,15 @@ def generate_from_run(
     seed: int = 1337,
     checkpoint: str | None = None,
     stream: TextIO | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> str:
-    """Load a run's checkpoint and print the prompt followed by its continuation to stdout."""
+    """Load a run's checkpoint and print the prompt followed by its continuation to stdout. `device` and
+    `dtype` default to what this machine has (`auto`), not to what the run was trained on."""
     from albert_gpt.checkpoint import load_for_inference
     from albert_gpt.errors import ConfigError
-    from albert_gpt.runtime import resolve_device
+    from albert_gpt.inference.evaluate import inference_device
+    from albert_gpt.runtime import autocast
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -140,15 +144,16 @@ def generate_from_run(
         check_sampling_args(temperature, top_k, top_p)
     except ValueError as exc:  # the library names the argument; the CLI user knows the flag
         raise ConfigError("--" + str(exc).replace("_", "-", 1)) from None
-    cfg, model, tokenizer = load_for_inference(run_dir, checkpoint=checkpoint, device="cpu")
-    device = resolve_device(cfg.run)
-    model.to(device)
+    torch_device, torch_dtype = inference_device(device, dtype)
+    _, model, tokenizer = load_for_inference(run_dir, checkpoint=checkpoint, device="cpu")
+    model.to(torch_device)
     out = stream if stream is not None else sys.stdout
     out.write(prompt)
-    text = generate_text(
-        model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        seed=seed, device=device, stream=out,
-    )
+    with autocast(torch_device, torch_dtype):
+        text = generate_text(
+            model, tokenizer, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            seed=seed, device=torch_device, stream=out,
+        )
     out.write("\n")
     out.flush()
     return text

@@ -22,6 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from albert_gpt import checkpoint as ckpt
 from albert_gpt.config import Config, config_to_dict, dump_config, load_config, save_config
+from albert_gpt.data.pipeline import DATA_RECORD, write_data_record
 from albert_gpt.data.prefetch import FetchFn, batch_source
 from albert_gpt.errors import CheckpointError, ConfigError, TrainingError
 from albert_gpt.inference.evaluate import evaluate_tokens
@@ -119,6 +120,7 @@ def _train(cfg: Config, resume: bool, info: DistInfo) -> dict[str, Any]:
     if main:
         write_run_file(run.run_dir / ckpt.CONFIG_FILE, functools.partial(save_config, cfg))
         write_run_file(run.run_dir / ckpt.TOKENIZER_FILE, run.data.tokenizer.save)
+        write_run_file(run.run_dir / DATA_RECORD, functools.partial(write_data_record, run.data))
 
     resume_step = state.step if resume else None
     logger = _open_metrics(run, resume_step) if main else distributed.NullMetrics()
@@ -138,6 +140,7 @@ def _train(cfg: Config, resume: bool, info: DistInfo) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- setup
+
 
 def _open_metrics(run: Run, resume_step: int | None) -> MetricsLogger:
     try:
