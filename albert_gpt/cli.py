@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -135,6 +136,16 @@ def cmd_claim(args: argparse.Namespace) -> int:
     return 0
 
 
+class _SubcommandsWithCommonFlags:
+    """add_parser with the global flags (`common`) as a parent of every subcommand."""
+
+    def __init__(self, action: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+        self.action, self.common = action, common
+
+    def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+        return self.action.add_parser(name, parents=[self.common], **kwargs)
+
+
 def with_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
                    help="where to run (default: auto, this machine's GPU if it has one, else the CPU; "
@@ -149,7 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="albert-gpt", description="Train and study post-LN, parameter-shared GPT models."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # The global flags again on every subcommand, so `albert-gpt train CONFIG -v` works too; SUPPRESS
+    # keeps a subcommand from resetting a flag given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging")
+    sub = _SubcommandsWithCommonFlags(parser.add_subparsers(dest="command", required=True), common)
 
     def with_config(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
@@ -205,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="write report.md (tables, plots) for a sweep directory")
-    p.add_argument("sweep_dir")
+    p.add_argument("sweep_dir", help="a sweep directory (holds the sweep's cells and summary.md)")
     p.set_defaults(func=cmd_report)
 
     p = with_config("bench", "time training steps: ms/step, tokens/s, MFU, memory (variants interleaved)")
@@ -220,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     study = sub.add_parser("study", help="experiments that measure what normalization does")
-    experiments = study.add_subparsers(dest="experiment", required=True)
+    experiments = _SubcommandsWithCommonFlags(study.add_subparsers(dest="experiment", required=True), common)
     p = experiments.add_parser("grad-at-init", help="E1: gradient norm of every layer at init against depth")
     p.add_argument("config", help="YAML config file (data, model shape)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -252,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"albert-gpt {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`albert-gpt info ... | head`): not an error worth a trace
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail
+        return 141
 
 
 if __name__ == "__main__":

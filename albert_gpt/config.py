@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +36,7 @@ NormKind = Literal[
 NormPlacement = Literal["post", "pre", "deepnorm", "none"]
 NormImpl = Literal["fused", "reference"]
 BatchStats = Literal["per_depth", "shared"]
-DataSource = Literal["builtin", "files", "hub"]
+DataSource = Literal["builtin", "files", "hub", "url"]
 EncodingErrors = Literal["replace", "strict"]
 TokenizerType = Literal["bpe", "char", "pretrained"]
 InitScheme = Literal["gpt2", "torch"]
@@ -129,9 +131,17 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: DataSource = opt("builtin", "builtin (Python's docs, offline) | files | hub")
-    path: str | None = opt(None, "files: a file, directory or glob; hub: the dataset path")
-    name: str | None = opt(None, "hub: dataset name (when path is not given)")
+    source: DataSource = opt(
+        "builtin", "builtin (Python's docs, offline) | files | hub | url (one file, downloaded once)"
+    )
+    path: str | None = opt(
+        None, "files: a file, directory or glob; hub: the dataset's hub name or a local copy; url: a local "
+        "copy of the file (used instead of downloading when its sha256 matches)"
+    )
+    url: str | None = opt(None, "url: where the single-file corpus is downloaded from (http, https, file)")
+    sha256: str | None = opt(
+        None, "url: the file's SHA-256 (64 hex digits); a download that differs is refused"
+    )
     config: str | None = opt(None, "hub: dataset configuration, e.g. wikitext-103-raw-v1")
     split: str = opt("train", "hub: the training split")
     val_split: str | None = opt("validation", "hub: the validation split (null = carve from train)")
@@ -255,10 +265,19 @@ def _known_sections(raw: Any) -> dict[str, Any]:
     return raw
 
 
+# Keys of earlier versions, and what took their place.
+REMOVED_KEYS = {
+    ("data", "name"): "removed; a hub dataset is named by data.path (its hub name or a local copy), "
+    "e.g. data.path: wikitext",
+}
+
+
 def _build_section(name: str, values: Any) -> Any:
     types_ = _field_types(SECTIONS[name])
     kwargs = {}
     for key, value in _section_mapping(name, values).items():
+        if (name, key) in REMOVED_KEYS:
+            raise ConfigError(f"{name}.{key}: {REMOVED_KEYS[name, key]}")
         if key not in types_:
             raise unknown_key(f"{name}.{key}", list(types_))
         kwargs[key] = coerce(f"{name}.{key}", value, types_[key], from_text=False)
@@ -291,6 +310,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if section not in SECTIONS:
             raise unknown_key(section, list(SECTIONS))
         types_ = _field_types(SECTIONS[section])
+        if (section, name) in REMOVED_KEYS:
+            raise ConfigError(f"{key}: {REMOVED_KEYS[section, name]}")
         if name not in types_:
             raise unknown_key(key, list(types_))
         raw.setdefault(section, {})[name] = coerce(key, text, types_[name], from_text=True)
@@ -365,10 +386,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.embedding_dim ({m.embedding_dim}) must be <= model.n_embd ({m.n_embd})")
     if d.val_fraction + d.test_fraction >= 1.0:
         raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
-    if d.source == "files" and not d.path:
-        raise ConfigError("data.path is required when data.source is files")
-    if d.source == "hub" and not (d.path or d.name):
-        raise ConfigError("data.path (or data.name) is required when data.source is hub")
+    if d.source == "url" and not d.url:
+        raise ConfigError("data.url is required when data.source is url")
+    if d.url is not None and urllib.parse.urlparse(d.url).scheme not in ("http", "https", "file"):
+        raise ConfigError(f"data.url: {d.url!r} is not an http, https or file URL")
+    if d.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", d.sha256):
+        raise ConfigError("data.sha256: expected 64 lowercase hex digits (the output of sha256sum)")
     if cfg.tokenizer.type == "pretrained" and not cfg.tokenizer.path:
         raise ConfigError("tokenizer.path is required when tokenizer.type is pretrained")
     if t.min_lr > t.lr:

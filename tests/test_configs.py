@@ -88,8 +88,17 @@ def test_shakespeare_recipes_match_nanogpt():
     assert (m.n_layers, m.n_heads, m.n_embd, m.block_size, m.dropout) == (6, 6, 384, 256, 0.2)
     assert (t.batch_size, t.max_steps, t.lr) == (64, 5000, 1e-3)
     for cfg in (cpu, gpu):
-        assert (cfg.data.source, cfg.tokenizer.type, cfg.model.n_groups) == ("files", "char", 1)
-        assert cfg.data.path.endswith("tinyshakespeare.txt")
+        assert (cfg.data.source, cfg.tokenizer.type, cfg.model.n_groups) == ("url", "char", 1)
+
+
+def test_every_tiny_shakespeare_config_names_the_same_file_by_url_and_checksum():
+    """Every recipe downloads char-rnn's input.txt and pins its SHA-256 (the file of 1,115,394 bytes)."""
+    configs = ["shakespeare_char_cpu", "shakespeare_char", "lstm_char_cpu", "conv_char_cpu"]
+    sources = {(c.data.url, c.data.sha256) for c in (_load(CONFIG_DIR / f"{n}.yaml") for n in configs)}
+    assert sources == {(
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    )}
 
 
 def test_gpt2_small_shared_shape():

@@ -17,14 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 # The first name under the package -> its layer. errors, config and runtime are the base
 # every layer may use; a new top-level module or folder must be placed here before it is used.
 LAYERS = {
-    "__init__": 0, "errors": 0, "typed_values": 0, "config": 0, "runtime": 0, "paths": 0,
+    "errors": 0, "typed_values": 0, "config": 0, "runtime": 0, "paths": 0,
     "data": 1,
     "modeling": 2,
     "checkpoint": 3,
     "inference": 4,
     "training": 5,
     "study": 6,
-    "cli": 7, "__main__": 7,
+    "cli": 7, "__main__": 7, "api": 7,
+    "__init__": 8,  # the package root re-exports the API (imported lazily, on first use)
 }
 
 

@@ -80,5 +80,5 @@ def test_prepare_reports_replaced_bytes(tmp_path, capsys):
 def test_hub_configs_load(name, dataset):
     """The shipped hub configs pass validation and name their dataset (they need network to prepare)."""
     cfg = load_config(CONFIGS / name)
-    assert cfg.data.source == "hub" and cfg.data.name == dataset and cfg.tokenizer.type == "bpe"
+    assert cfg.data.source == "hub" and cfg.data.path == dataset and cfg.tokenizer.type == "bpe"
     assert "NEEDS NETWORK" in (CONFIGS / name).read_text(encoding="utf-8")

@@ -92,3 +92,40 @@ def test_every_subcommand_has_a_one_line_help():
     text = parser.format_help()
     for name, help_text in helps.items():
         assert re.search(rf"^\s+{name}\s+{re.escape(help_text[:30])}", text, flags=re.M), name
+
+
+def _all_parsers(parser):
+    """The parser and every subcommand parser below it, with their command names."""
+    yield "albert-gpt", parser
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                for inner, p in _all_parsers(sub):
+                    yield f"{name} {inner}".replace(" albert-gpt", ""), p
+
+
+def test_every_option_of_every_command_has_help():
+    missing = [
+        f"{name}: {'/'.join(a.option_strings) or a.dest}"
+        for name, p in _all_parsers(build_parser())
+        for a in p._actions
+        if a.__class__.__name__ not in ("_HelpAction", "_SubParsersAction") and not a.help
+    ]
+    assert missing == []
+
+
+def test_global_flags_work_after_the_subcommand_too(tmp_path):
+    parser = build_parser()
+    assert parser.parse_args(["-v", "info", "c.yaml"]).verbose is True
+    assert parser.parse_args(["info", "c.yaml", "-v"]).verbose is True
+    assert parser.parse_args(["study", "claim", "a", "--verbose"]).verbose is True
+    assert parser.parse_args(["info", "c.yaml"]).verbose is False
+
+
+def test_info_needs_no_data(tmp_path, capsys):
+    from albert_gpt.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  source: files\nmodel:\n  arch: lstm\n  n_layers: 2\n  n_groups: 2\n")
+    assert main(["info", str(config)]) == 0  # no data.path, no corpus: only the model is counted
+    assert "model   lstm: 2 layers" in capsys.readouterr().out

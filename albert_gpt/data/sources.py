@@ -1,4 +1,4 @@
-"""Corpus sources: where documents come from (`data.source`: builtin, files or hub).
+"""Corpus sources: where documents come from (`data.source`: builtin, files, hub or url).
 
 A source returns the splits it defines ("train", and "val"/"test" when it has them) as
 re-iterable collections of document strings; `splits.py` carves the missing ones from "train".
@@ -47,7 +47,15 @@ def load_source(data: DataConfig, hf_cache: Path) -> SourceDocs:
         documents = _limit(builtin_documents(), data.max_documents)
         return _nonempty(SourceDocs({"train": documents}, _describe(data)))
     if data.source == "files":
-        return _nonempty(_read_files(list_files(data.path or ""), data, hf_cache))
+        if not data.path:
+            raise DataError("data.path is required when data.source is files (a file, directory or glob)")
+        return _nonempty(_read_files(list_files(data.path), data, hf_cache))
+    if data.source == "url":
+        from albert_gpt.data.download import corpus_file
+
+        return _nonempty(_read_files([corpus_file(data)], data, hf_cache))
+    if not data.path:
+        raise DataError("data.path is required when data.source is hub (a hub name or a local copy)")
     return _hub(data)
 
 
@@ -95,8 +103,13 @@ def source_fingerprint(data: DataConfig) -> dict[str, Any]:
         spec["content"] = _hash_texts(builtin_documents())
     elif data.source == "files":
         spec["files"] = [[str(f.resolve()), hash_file(f)] for f in list_files(data.path or "")]
+    elif data.source == "url":
+        from albert_gpt.data.download import corpus_file
+
+        # the content, wherever it came from (a download or a local copy): one cache entry per file
+        spec["sha256"] = data.sha256 or hash_file(corpus_file(data))
     else:
-        ident = data.path or data.name or ""
+        ident = data.path or ""
         spec.update(dataset=ident, config=data.config,
                     splits=[data.split, data.val_split, data.test_split])
         local = Path(ident).expanduser()
@@ -167,7 +180,7 @@ class HubColumn:
 def _hub(data: DataConfig) -> SourceDocs:
     import datasets
 
-    ident = data.path or data.name or ""
+    ident = data.path or ""
     wanted = {"train": data.split, "val": data.val_split, "test": data.test_split}
     local = Path(ident).expanduser()
     notes = []
@@ -248,7 +261,9 @@ def _describe(data: DataConfig, n_files: int | None = None) -> str:
         return "builtin (Python reference documentation, pydoc_data.topics)"
     if data.source == "files":
         return f"files: {data.path} ({n_files} file{'s' if n_files != 1 else ''})"
-    return f"hub: {data.path or data.name}" + (f" / {data.config}" if data.config else "")
+    if data.source == "url":
+        return f"url: {data.url}"
+    return f"hub: {data.path}" + (f" / {data.config}" if data.config else "")
 
 
 def _split_key(key: str) -> str:

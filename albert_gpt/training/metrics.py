@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,9 @@ class MetricsLogger:
     so curves never show a step twice.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None,
+                 callbacks: Sequence[Any] = ()):
+        self.callbacks = list(callbacks)  # TrainingCallback: told every group of scalars logged
         self.path = Path(run_dir) / METRICS_FILE
         if resume_step is not None:
             truncate_metrics(self.path, resume_step)
@@ -82,6 +85,9 @@ class MetricsLogger:
             self.writer = SummaryWriter(log_dir=str(tb_dir), purge_step=purge)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars({tag: value}, step)
+
+    def _write(self, tag: str, value: float, step: int) -> None:
         value = float(value)
         now = time.time()
         # JSON has no NaN/inf; null keeps the line valid and the step visible.
@@ -96,7 +102,9 @@ class MetricsLogger:
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         for tag, value in values.items():
-            self.scalar(tag, value, step)
+            self._write(tag, value, step)
+        for callback in self.callbacks:
+            callback.on_log(step, dict(values))
 
     def histogram(self, tag: str, values: Any, step: int) -> None:
         """TensorBoard only: metrics.jsonl holds scalars."""

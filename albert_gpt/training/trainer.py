@@ -13,6 +13,7 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from albert_gpt.modeling.counting import count_parameters
 from albert_gpt.modeling.factory import build_model
 from albert_gpt.runtime import resolve_device, resolve_dtype, seed_everything, set_threads
 from albert_gpt.training import dist_checkpoint, distributed
+from albert_gpt.training.callbacks import TrainingCallback
 from albert_gpt.training.diagnostics import DepthDiagnostics
 from albert_gpt.training.distributed import DistInfo
 from albert_gpt.training.metrics import MetricsLogger
@@ -87,8 +89,9 @@ class State:
     last_train_loss: float | None = None
 
 
-def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
+def train(cfg: Config, resume: bool = False, callbacks: Sequence[TrainingCallback] = ()) -> dict[str, Any]:
     """Train as `cfg` says; with `resume`, continue the run in cfg.run_dir from its latest checkpoint.
+    `callbacks` (training.callbacks.TrainingCallback) are told about the run as it goes, on rank 0.
 
     Returns the final metrics. A SIGINT / SIGTERM stops after the current step with a
     checkpoint; the result then has `interrupted` set to the signal's name. Under torchrun every
@@ -96,14 +99,16 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """
     info = distributed.init_distributed(cfg.run)
     try:
-        result = _train(cfg, resume, info)
+        result = _train(cfg, resume, info, callbacks)
         distributed.barrier()  # no rank closes its connections while another may still be using them
         return result
     finally:
         distributed.shutdown(info)  # also on errors and after a signal's checkpoint
 
 
-def _train(cfg: Config, resume: bool, info: DistInfo) -> dict[str, Any]:
+def _train(
+    cfg: Config, resume: bool, info: DistInfo, callbacks: Sequence[TrainingCallback] = ()
+) -> dict[str, Any]:
     started = time.perf_counter()
     run = build_run(cfg, resume, info)
     cfg = run.cfg  # resolved: model.vocab_size filled in from the tokenizer
@@ -123,7 +128,10 @@ def _train(cfg: Config, resume: bool, info: DistInfo) -> dict[str, Any]:
         write_run_file(run.run_dir / DATA_RECORD, functools.partial(write_data_record, run.data))
 
     resume_step = state.step if resume else None
-    logger = _open_metrics(run, resume_step) if main else distributed.NullMetrics()
+    callbacks = list(callbacks) if main else []
+    logger = _open_metrics(run, resume_step, callbacks) if main else distributed.NullMetrics()
+    for callback in callbacks:
+        callback.on_train_start(cfg, run.run_dir, state.step)
     logger.text("config", _as_code(dump_config(cfg)), state.step)
     progress = Progress(run.total, state.step, cfg.log.progress and main)
     try:
@@ -132,8 +140,12 @@ def _train(cfg: Config, resume: bool, info: DistInfo) -> dict[str, Any]:
             _loop(run, state, guard, meter, logger, progress, stop, fetch)
             progress.close()
             if stop.requested and state.step < run.total:
-                return _interrupted(run, state, guard, stop, started)
-            return _finish(run, state, guard, logger, started)
+                result = _interrupted(run, state, guard, stop, started)
+            else:
+                result = _finish(run, state, guard, logger, started)
+        for callback in callbacks:
+            callback.on_train_end(result)
+        return result
     finally:
         progress.close()
         logger.close()
@@ -142,9 +154,11 @@ def _train(cfg: Config, resume: bool, info: DistInfo) -> dict[str, Any]:
 # ---------------------------------------------------------------- setup
 
 
-def _open_metrics(run: Run, resume_step: int | None) -> MetricsLogger:
+def _open_metrics(run: Run, resume_step: int | None, callbacks: Sequence[TrainingCallback]) -> MetricsLogger:
     try:
-        return MetricsLogger(run.run_dir, run.cfg.log.tensorboard, resume_step=resume_step)
+        return MetricsLogger(
+            run.run_dir, run.cfg.log.tensorboard, resume_step=resume_step, callbacks=callbacks
+        )
     except OSError as exc:
         raise TrainingError(f"cannot write metrics in {run.run_dir} ({exc.strerror or exc})") from None
 
