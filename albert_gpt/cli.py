@@ -80,6 +80,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from albert_gpt.export.hf_export import export_run
+
+    out = export_run(Path(args.run_dir), Path(args.out_dir), args.checkpoint, overwrite=args.overwrite)
+    print(f"wrote {out} (load it with transformers: AutoModelForCausalLM.from_pretrained(path, "
+          "trust_remote_code=True))")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from albert_gpt.study.sweep import run_sweep
 
@@ -212,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="checkpoint name or path (default: best, else latest)")
     with_device_options(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="write a run as a Hugging Face transformers model folder")
+    p.add_argument("run_dir", help="a run directory (holds config.yaml and checkpoints/)")
+    p.add_argument("out_dir", help="the folder to write (config, weights, tokenizer, modeling code)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint name or path (default: best, else latest)")
+    p.add_argument("--overwrite", action="store_true", help="replace out_dir when it is not empty")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sweep", help="run a grid of configs (resumable)")
     p.add_argument("sweep", help="sweep YAML file")

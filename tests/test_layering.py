@@ -21,7 +21,7 @@ LAYERS = {
     "data": 1,
     "modeling": 2,
     "checkpoint": 3,
-    "inference": 4,
+    "inference": 4, "export": 4,
     "training": 5,
     "study": 6,
     "cli": 7, "__main__": 7, "api": 7,

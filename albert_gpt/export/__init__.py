@@ -1,0 +1,1 @@
+"""Trained runs in other tools' formats: a Hugging Face transformers model folder (`hf_export`)."""
