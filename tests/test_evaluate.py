@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from albert_gpt.checkpoint import load_for_inference
@@ -63,8 +62,9 @@ def test_window_plan_sliding_context() -> None:
 
 
 def test_window_plan_default_is_non_overlapping() -> None:
-    """stride None or == block_size: windows of block_size + 1 tokens sharing one boundary token."""
-    expected = [(0, 5, 1), (4, 9, 5), (8, 11, 9)]
+    """stride None or == block_size: windows of block_size + 1 tokens sharing one boundary token; the
+    last one, cut short by the end, reaches back for a full context and scores only its new targets."""
+    expected = [(0, 5, 1), (4, 9, 5), (6, 11, 9)]
     assert window_plan(11, block_size=4) == expected
     assert window_plan(11, block_size=4, stride=4) == expected
 
@@ -262,16 +262,19 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def reference_nll(model: AlbertGPT, tokens: np.ndarray, block_size: int) -> tuple[float, int]:
-    """Total NLL over non-overlapping windows, one window at a time with log_softmax."""
+    """Total NLL over non-overlapping windows, one window at a time with log_softmax; a last window cut
+    short by the end of the text reads a full block_size of context and scores only its new tokens."""
     ids = torch.from_numpy(tokens.astype(np.int64))
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(ids) - 1, block_size):
-            window = ids[start:start + block_size + 1]
+            end = min(start + block_size + 1, len(ids))
+            window = ids[max(0, end - block_size - 1):end]
+            new = end - start - 1  # targets at positions start+1 .. end-1
             logits, _ = model(window[None, :-1])  # (1, T, V)
-            logp = torch.log_softmax(logits[0].double(), dim=-1)
-            total -= logp.gather(1, window[1:, None]).sum().item()
-            count += len(window) - 1
+            logp = torch.log_softmax(logits[0].double(), dim=-1)[-new:]
+            total -= logp.gather(1, window[1:][-new:, None]).sum().item()
+            count += new
     return total, count
 
 
@@ -284,7 +287,7 @@ def test_cli_eval_json_matches_a_reference_computation(run_dir: Path, capsys) ->
     total, count = reference_nll(model, np.asarray(val.tokens), cfg.model.block_size)
     assert result["tokens"] == count == len(val) - 1
     assert result["loss"] == pytest.approx(total / count, rel=1e-5)
-    assert result["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert result["perplexity"] == pytest.approx(math.exp(result["loss"]), rel=1e-12)
     assert result["bits_per_byte"] == pytest.approx(total / math.log(2) / val.n_bytes, rel=1e-5)
     assert (result["split"], result["stride"], result["checkpoint"], result["step"]) == (
         "val", 16, "step_00000010", 10
@@ -352,15 +355,8 @@ def test_eval_of_a_text_file_is_the_hand_computed_nll_of_eot_plus_its_tokens(tmp
     text_file.write_text(text, encoding="utf-8")
     result = evaluate_run(cfg.run_dir, text=text_file, progress=False, device="cpu", dtype="float32")
     _, model, tokenizer = load_for_inference(cfg.run_dir)
-    ids = torch.tensor([[tokenizer.eot_id, *tokenizer.encode(text)]])
-    T = cfg.model.block_size
-    nll, n = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, ids.size(1) - 1, T):  # disjoint windows, each predicting its next T tokens
-            x, y = ids[:, start : start + T], ids[:, start + 1 : start + T + 1]
-            logits, _ = model(x[:, : y.size(1)])
-            nll += F.cross_entropy(logits[0], y[0], reduction="sum").item()
-            n += y.size(1)
+    ids = np.array([tokenizer.eot_id, *tokenizer.encode(text)])
+    nll, n = reference_nll(model, ids, cfg.model.block_size)
     assert result["tokens"] == n == len(tokenizer.encode(text))
     assert result["loss"] == pytest.approx(nll / n, rel=1e-6)
     assert result["bits_per_byte"] == pytest.approx(nll / math.log(2) / len(text.encode()), rel=1e-6)

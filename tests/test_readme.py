@@ -38,7 +38,8 @@ def test_setup_lines_use_what_exists():
     and end in a command that exists: pytest, or `albert-gpt train` on a shipped config."""
     setup = [line for line in _bash_lines() if line.startswith("python3 -m venv")]
     assert len(setup) == 2
-    ci_torch = re.search(r"pip install -q (torch==\S+)", (ROOT / ".ci" / "run").read_text()).group(1)
+    ci = (ROOT / ".ci" / "run").read_text()
+    ci_torch = re.search(r"pip install -q (torch==\S+)", ci).group(1)
     # tomllib is 3.11+ and the project supports 3.10: read the extras' names from their TOML table
     table = (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1].split("\n[")[0]
     extras = re.findall(r"^(\w+)\s*=", table, flags=re.M)
@@ -47,10 +48,12 @@ def test_setup_lines_use_what_exists():
         steps = [shlex.split(step) for step in line.split("&&")]
         assert ["pip", "install", ci_torch] in steps
         (install,) = [s for s in steps if s[:3] == ["pip", "install", "-e"]]
-        extra = re.fullmatch(r"\.(?:\[(\w+)\])?", install[3])
-        assert extra and (extra.group(1) is None or extra.group(1) in extras)
+        extra = re.fullmatch(r"\.(?:\[([\w,]+)\])?", install[3])
+        assert extra and (extra.group(1) is None or set(extra.group(1).split(",")) <= set(extras))
     test_line, quickstart = sorted(setup, key=lambda line: "pytest" not in line)
     assert test_line.endswith("python -m pytest -q")
+    ci_install = re.search(r'pip install -q -e "([^"]+)"', ci).group(1)
+    assert f'pip install -e "{ci_install}"' in test_line  # the README's test line installs what CI does
     last = shlex.split(quickstart.split("&&")[-1])
     assert last[:2] == ["albert-gpt", "train"] and (ROOT / last[2]).is_file()
 

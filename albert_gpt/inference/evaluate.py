@@ -37,7 +37,8 @@ def window_plan(n_tokens: int, block_size: int, stride: int | None = None) -> li
     >= score_from, so every position 1 .. n_tokens-1 is scored exactly once. Windows start
     every `stride` tokens; stride == block_size gives non-overlapping windows (each scores all
     its targets); a smaller stride gives every scored token at least block_size - stride + 1
-    tokens of context, except in the first window, which scores all of its targets.
+    tokens of context, except in the first window, which scores all of its targets. The last window
+    always holds block_size + 1 tokens when the text has them, however few it scores.
     """
     stride = block_size if stride is None else stride
     if not 1 <= stride <= block_size:
@@ -49,7 +50,9 @@ def window_plan(n_tokens: int, block_size: int, stride: int | None = None) -> li
     start = 0
     while scored_to < n_tokens:
         end = min(start + block_size + 1, n_tokens)
-        plan.append((start, end, scored_to))
+        # A last window cut short by the end of the text reaches back for a full context instead
+        # (lm-evaluation-harness's rolling windows do the same, so the two agree).
+        plan.append((max(0, end - block_size - 1), end, scored_to))
         scored_to = end
         start += stride
     return plan
