@@ -168,7 +168,9 @@ class TokenizerConfig:
     type: TokenizerType = opt("bpe", "bpe (byte-level, trained) | char | pretrained")
     vocab_size: int = opt(4096, "bpe: target vocabulary size", min=260, max=4_294_967_295)
     min_frequency: int = opt(2, "bpe: minimum pair frequency for a merge", min=1)
-    path: str | None = opt(None, "pretrained: path to a tokenizer.json")
+    path: str | None = opt(
+        None, "pretrained: a tokenizer.json, a folder holding one, or a hub model name (e.g. gpt2)"
+    )
     eot_token: str = opt("<|endoftext|>", "end-of-text token placed between documents")
 
 

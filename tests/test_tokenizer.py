@@ -208,3 +208,27 @@ def test_char_tokenizer_of_the_earlier_private_format_still_loads(tmp_path):
     path.write_text(json.dumps(spec), encoding="utf-8")
     tok = TextTokenizer.load(path)
     assert tok.encode("abz") == [0, 1, 3] and tok.eot_id == 2 and tok.decode([3]) == UNKNOWN_CHAR
+
+
+def test_pretrained_by_hub_name_reads_the_local_hub_cache_offline(tmp_path, monkeypatch):
+    """tokenizer.path may be a hub model name: with the hub offline it is read from the Hugging Face cache,
+    laid out as huggingface_hub lays it out (refs/main -> snapshots/<commit>/tokenizer.json)."""
+    source = word_level_file(tmp_path, ["<|endoftext|>"])
+    cache = tmp_path / "hub"
+    repo = cache / "models--someone--tiny-tok"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit / "tokenizer.json").write_bytes(source.read_bytes())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    tok = build_tokenizer(TokenizerConfig(type="pretrained", path="someone/tiny-tok"), [], False)
+    by_file = build_tokenizer(TokenizerConfig(type="pretrained", path=str(source)), [], False)
+    assert tok.vocab_size == by_file.vocab_size and tok.encode("hello world") == by_file.encode("hello world") == [1, 2]
+    with pytest.raises(DataError, match="tokenizer.path 'someone/other': not a local file, and the hub has no"):
+        build_tokenizer(TokenizerConfig(type="pretrained", path="someone/other"), [], False)

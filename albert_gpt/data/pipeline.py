@@ -22,7 +22,7 @@ from albert_gpt.data.cache import META, TOKENIZER, TokenSplit
 from albert_gpt.data.packing import pack_split
 from albert_gpt.data.sources import hash_file, load_source, source_fingerprint
 from albert_gpt.data.splits import SPLITS, make_splits
-from albert_gpt.data.tokenizer import TextTokenizer, build_tokenizer
+from albert_gpt.data.tokenizer import TextTokenizer, build_tokenizer, pretrained_file
 from albert_gpt.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,7 @@ def tokenizer_fingerprint(t: TokenizerConfig) -> dict[str, Any]:
     if t.type == "bpe":
         spec.update(vocab_size=t.vocab_size, min_frequency=t.min_frequency)
     elif t.type == "pretrained":
-        path = Path(t.path or "")
-        if not path.is_file():
-            raise DataError(f"tokenizer.path: no such file: {t.path}")
-        spec["file_sha256"] = hash_file(path)
+        spec["file_sha256"] = hash_file(pretrained_file(t))
     return spec
 
 

@@ -225,10 +225,31 @@ def _train_bpe(cfg: TokenizerConfig, documents: Iterable[str], progress: bool) -
     return backend
 
 
+def pretrained_file(cfg: TokenizerConfig) -> Path:
+    """The tokenizer.json `tokenizer.path` names: a local file, or a hub model's tokenizer.json (fetched
+    once into the Hugging Face cache; offline, read from that cache)."""
+    path = Path(cfg.path or "").expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir() and (path / "tokenizer.json").is_file():
+        return path / "tokenizer.json"
+    name = cfg.path or ""
+    if path.exists() or name.count("/") > 1 or not name or name.startswith((".", "/", "~")):
+        raise DataError(f"tokenizer.path: no such file: {cfg.path} (a tokenizer.json or a hub name: gpt2)")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id=name, filename="tokenizer.json"))
+    except Exception as exc:  # offline without a cached copy, unknown repo, gated: each its own type
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"tokenizer.path {name!r}: not a local file, and the hub has no tokenizer.json for it here "
+            f"({reason}); give a path to a tokenizer.json, or run once with network access"
+        ) from None
+
+
 def load_pretrained(cfg: TokenizerConfig) -> TextTokenizer:
-    path = Path(cfg.path or "")
-    if not path.is_file():
-        raise DataError(f"tokenizer.path: no such file: {cfg.path}")
+    path = pretrained_file(cfg)
     try:
         backend = Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a bare Exception for unreadable files
