@@ -229,6 +229,10 @@ def test_pretrained_by_hub_name_reads_the_local_hub_cache_offline(tmp_path, monk
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
     tok = build_tokenizer(TokenizerConfig(type="pretrained", path="someone/tiny-tok"), [], False)
     by_file = build_tokenizer(TokenizerConfig(type="pretrained", path=str(source)), [], False)
-    assert tok.vocab_size == by_file.vocab_size and tok.encode("hello world") == by_file.encode("hello world") == [1, 2]
-    with pytest.raises(DataError, match="tokenizer.path 'someone/other': not a local file, and the hub has no"):
+    assert tok.vocab_size == by_file.vocab_size and tok.encode("hello world") == by_file.encode(
+        "hello world"
+    ) == [1, 2]
+    with pytest.raises(
+        DataError, match="tokenizer.path 'someone/other': not a local file, and the hub has no"
+    ):
         build_tokenizer(TokenizerConfig(type="pretrained", path="someone/other"), [], False)
