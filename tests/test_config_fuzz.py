@@ -56,7 +56,7 @@ def _check_valid(cfg: Config) -> None:
             if isinstance(value, float):
                 assert math.isfinite(value), (section, key, value)
     assert "/" not in cfg.run.name and cfg.run.name not in ("", ".", "..")
-    assert cfg.model.n_embd % cfg.model.n_heads == 0
+    assert cfg.model.arch != "transformer" or cfg.model.n_embd % cfg.model.n_heads == 0
 
 
 @FUZZ

@@ -211,7 +211,7 @@ def test_hub_without_network_fails_fast(tmp_path, hf_cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match="needs network access.*local copy") as info:
-        source(tmp_path, source="hub", name="albert-gpt-test/no-such-dataset", config="x")
+        source(tmp_path, source="hub", path="albert-gpt-test/no-such-dataset", config="x")
     assert "no-such-dataset" in str(info.value) and "\n" not in str(info.value)
 
 

@@ -8,6 +8,7 @@ Shapes: B = windows in a batch, T = inputs per window (<= block_size), V = vocab
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -239,7 +240,13 @@ def _split_tokens(cfg: Any, run_dir: Path, split: str, progress: bool) -> tuple[
 
     prepared = read_data_record(run_dir)
     if prepared is None:
-        log.info("%s: its token cache is not where the run recorded it; preparing the data again", run_dir)
+        # A relative cache_dir is taken inside the run directory, never wherever eval happens to run.
+        cache_dir = Path(cfg.data.cache_dir)
+        if not cache_dir.is_absolute():
+            inside = dataclasses.replace(cfg.data, cache_dir=str(run_dir / cache_dir))
+            cfg = dataclasses.replace(cfg, data=inside)
+        log.info("%s: its token cache is not where the run recorded it; preparing the data again in %s",
+                 run_dir, cfg.data.cache_dir)
         prepared = prepare_data(cfg, progress=progress)
     tokens = prepared.splits[split]
     return tokens.tokens, tokens.n_bytes, f"split {split!r} of {run_dir}"
