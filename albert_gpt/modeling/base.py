@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from albert_gpt.config import ModelConfig
+from albert_gpt.errors import ConfigError
 from albert_gpt.modeling.sampling import check_sampling_args, sample_next
 
 # tracer(depth, point, tensor): called at every trace point of every layer application.
@@ -50,6 +51,21 @@ class CausalLM(nn.Module):
 
     cfg: ModelConfig
     vocab_size: int
+
+    def _build_embeddings_and_head(self, cfg: ModelConfig) -> None:
+        """The parts every family shares, built first: the token embedding (E = embedding_dim; E < H adds
+        the E -> H projection and the head's H -> E one, ALBERT's factorization) and the dropout."""
+        if cfg.vocab_size is None:
+            raise ConfigError("model.vocab_size is not set (take it from the tokenizer before building)")
+        self.cfg, self.vocab_size = cfg, cfg.vocab_size
+        E = cfg.embedding_dim or cfg.n_embd
+        factorized = E < cfg.n_embd
+        self.tok_emb = nn.Embedding(padded_vocab_size(cfg), E)
+        self.emb_proj = nn.Linear(E, cfg.n_embd, bias=cfg.bias) if factorized else None
+        self.head_proj = nn.Linear(cfg.n_embd, E, bias=cfg.bias) if factorized else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        # ALBERT's grouping: layer application i runs block i * n_groups // n_layers.
+        self.schedule = [i * cfg.n_groups // cfg.n_layers for i in range(cfg.n_layers)]
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, H) -> logits (B, T, V); the head reuses tok_emb's weight, after H -> E when factorized,

@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from albert_gpt.config import ModelConfig
-from albert_gpt.errors import ConfigError
-from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, padded_vocab_size, torch_default_init
+from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, torch_default_init
 from albert_gpt.modeling.block import Trace, ignore_trace, masked_norm, residual_sublayer, sublayer_points
 from albert_gpt.modeling.model import needs_final_norm
 from albert_gpt.modeling.norms import NORM_TYPES, build_norm
@@ -82,19 +81,10 @@ class ConvLM(CausalLM):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.vocab_size is None:
-            raise ConfigError("model.vocab_size is not set (take it from the tokenizer before building)")
-        self.cfg, self.vocab_size = cfg, cfg.vocab_size
-        E = cfg.embedding_dim or cfg.n_embd
-        factorized = E < cfg.n_embd
-        self.tok_emb = nn.Embedding(padded_vocab_size(cfg), E)
-        self.emb_proj = nn.Linear(E, cfg.n_embd, bias=cfg.bias) if factorized else None
-        self.dropout = nn.Dropout(cfg.dropout)
+        self._build_embeddings_and_head(cfg)
         self.blocks = nn.ModuleList(ConvBlock(cfg) for _ in range(cfg.n_groups))
-        self.schedule = [i * cfg.n_groups // cfg.n_layers for i in range(cfg.n_layers)]
         self.dilations = [2 ** (d % cfg.conv_dilation_cycle) for d in range(cfg.n_layers)]
         self.final_norm = build_norm(cfg) if needs_final_norm(cfg) else nn.Identity()
-        self.head_proj = nn.Linear(cfg.n_embd, E, bias=cfg.bias) if factorized else None
         self.reset_parameters()
 
     def receptive_field(self) -> int:

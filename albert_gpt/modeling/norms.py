@@ -136,36 +136,8 @@ class AdaptiveLayerNorm(nn.Module):
         return n * (1 + scale) + shift
 
 
-class GroupNorm(nn.Module):
-    """GroupNorm at each position: the H features of a token split into `groups` groups of H / groups,
-    each normalized alone (Wu & He 2018, with the spatial extent of one position, which keeps it causal).
-    groups = 1 is LayerNorm; a group of one feature has no spread, so groups < H."""
-
-    def __init__(self, dim: int, groups: int, eps: float = 1e-5, affine: bool = True) -> None:
-        super().__init__()
-        if dim % groups:
-            raise ValueError(f"GroupNorm: {groups} groups do not divide {dim} features")
-        self.dim, self.groups, self.eps = dim, groups, eps
-        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
-        self.bias = nn.Parameter(torch.zeros(dim)) if affine else None
-
-    def reset_parameters(self) -> None:
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.dim)  # (B*T, H): F.group_norm reads (N, C) as N samples of C channels
-        return F.group_norm(flat, self.groups, self.weight, self.bias, self.eps).view_as(x)
-
-    def extra_repr(self) -> str:
-        return f"{self.dim}, groups={self.groups}, eps={self.eps}, affine={self.weight is not None}"
-
-
-class CausalInstanceNorm(nn.Module):
-    """Instance norm made causal: each feature of each sequence is normalized by its mean and variance over
-    positions 0..t (a running mean), so no position sees a later one. Position 0 has one sample and no
-    spread: its output is beta, whatever the input (the price of causality at the start of a window)."""
+class _GainAndBias(nn.Module):
+    """A norm's learnable per-feature gain (gamma, `weight`) and shift (beta, `bias`), or neither."""
 
     def __init__(self, dim: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
@@ -177,6 +149,31 @@ class CausalInstanceNorm(nn.Module):
         if self.weight is not None:
             nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
+
+
+class GroupNorm(_GainAndBias):
+    """GroupNorm at each position: the H features of a token split into `groups` groups of H / groups,
+    each normalized alone (Wu & He 2018, with the spatial extent of one position, which keeps it causal).
+    groups = 1 is LayerNorm; a group of one feature has no spread, so groups < H."""
+
+    def __init__(self, dim: int, groups: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__(dim, eps, affine)
+        if dim % groups:
+            raise ValueError(f"GroupNorm: {groups} groups do not divide {dim} features")
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.dim)  # (B*T, H): F.group_norm reads (N, C) as N samples of C channels
+        return F.group_norm(flat, self.groups, self.weight, self.bias, self.eps).view_as(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, groups={self.groups}, eps={self.eps}, affine={self.weight is not None}"
+
+
+class CausalInstanceNorm(_GainAndBias):
+    """Instance norm made causal: each feature of each sequence is normalized by its mean and variance over
+    positions 0..t (a running mean), so no position sees a later one. Position 0 has one sample and no
+    spread: its output is beta, whatever the input (the price of causality at the start of a window)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()  # (B, T, H); running sums in fp32

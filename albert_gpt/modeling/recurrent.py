@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from albert_gpt.config import ModelConfig
-from albert_gpt.errors import ConfigError
-from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, padded_vocab_size, torch_default_init
+from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, torch_default_init
 from albert_gpt.modeling.block import ignore_trace
 from albert_gpt.modeling.norms import NORM_TYPES, SequenceBatchNorm, build_norm
 
@@ -108,19 +107,10 @@ class LSTMLM(CausalLM):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.vocab_size is None:
-            raise ConfigError("model.vocab_size is not set (take it from the tokenizer before building)")
-        self.cfg, self.vocab_size = cfg, cfg.vocab_size
-        E = cfg.embedding_dim or cfg.n_embd
-        factorized = E < cfg.n_embd
-        self.tok_emb = nn.Embedding(padded_vocab_size(cfg), E)
-        self.emb_proj = nn.Linear(E, cfg.n_embd, bias=cfg.bias) if factorized else None
-        self.dropout = nn.Dropout(cfg.dropout)
+        self._build_embeddings_and_head(cfg)
         layer = TorchLSTMLayer if cfg.norm == "none" else NormedLSTMLayer
         self.blocks = nn.ModuleList(layer(cfg) for _ in range(cfg.n_groups))
-        self.schedule = [i * cfg.n_groups // cfg.n_layers for i in range(cfg.n_layers)]
         self.final_norm = nn.Identity()  # h = o * tanh(.) is bounded already
-        self.head_proj = nn.Linear(cfg.n_embd, E, bias=cfg.bias) if factorized else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
