@@ -73,9 +73,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 
 
-def build_optimizer(model: nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over `param_groups`: fused where torch has the kernel, foreach elsewhere."""
-    fused = device.type in FUSED_ADAMW_DEVICES
+def build_optimizer(
+    model: nn.Module, train: TrainConfig, device: torch.device, fused: bool | None = None
+) -> torch.optim.AdamW:
+    """AdamW over `param_groups`: fused where torch has the kernel (unless `fused` says), foreach
+    elsewhere. Both compute the same update (tests/test_speed_options.py)."""
+    fused = device.type in FUSED_ADAMW_DEVICES if fused is None else fused
     return torch.optim.AdamW(
         param_groups(model, train.weight_decay),
         lr=lr_at(0, train),
