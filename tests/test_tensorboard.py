@@ -78,7 +78,7 @@ def test_text_and_hparams_entries(tmp_path):
 
 TRAIN_TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/skipped_steps",
               "sys/peak_memory_mb")
-VAL_TAGS = ("val/loss", "val/perplexity", "val/bits_per_byte", "val/unigram_perplexity")
+VAL_TAGS = ("val/loss", "val/perplexity", "val/bits_per_byte", "val/unigram_perplexity", "val/seconds")
 
 
 def test_training_run_writes_every_tag_at_its_interval(tmp_path):

@@ -75,6 +75,7 @@ class Run:
     tokens_per_step: int  # global: all ranks together
     unigram_ppl: float
     dist: DistInfo = field(default_factory=DistInfo)  # rank and strategy under torchrun
+    eval_seconds: float = 0.0  # wall time spent evaluating and sampling in this process
 
 
 @dataclass
@@ -308,6 +309,7 @@ def _log_train(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMet
 
 def _evaluate(run: Run, state: State, logger: MetricsLogger) -> None:
     """Validation loss on eval.batches batches (0 = the whole split), a text sample, the unigram reference."""
+    started = time.perf_counter()
     cfg, val = run.cfg, run.data.splits["val"]
     result = evaluate_tokens(
         run.eval_model, val.tokens, cfg.model.block_size, cfg.eval.batch_size or cfg.train.batch_size,
@@ -333,6 +335,9 @@ def _evaluate(run: Run, state: State, logger: MetricsLogger) -> None:
         text = generate_text(run.model, run.data.tokenizer, cfg.eval.sample_prompt, cfg.eval.sample_tokens,
                              temperature=1.0, seed=cfg.run.seed, device=run.device)
         logger.text("samples", _as_code(cfg.eval.sample_prompt + text), state.step)
+    seconds = time.perf_counter() - started
+    run.eval_seconds += seconds
+    logger.scalars({"val/seconds": seconds}, state.step)
     logger.flush()
 
 
@@ -379,7 +384,8 @@ def _result(run: Run, state: State, guard: NonFiniteGuard, started: float) -> di
         "val_loss": state.last_val.get("loss"), "val_perplexity": state.last_val.get("perplexity"),
         "val_bits_per_byte": state.last_val.get("bits_per_byte"), "best_val_loss": state.best_val_loss,
         "unigram_perplexity": run.unigram_ppl, "skipped_steps": guard.total,
-        "wall_time_s": time.perf_counter() - started, "checkpoint": state.last_checkpoint,
+        "wall_time_s": time.perf_counter() - started, "eval_seconds": run.eval_seconds,
+        "checkpoint": state.last_checkpoint,
         "interrupted": None,
     }
 
@@ -389,8 +395,9 @@ def _finish(run: Run, state: State, guard: NonFiniteGuard, logger: MetricsLogger
                for key, value in values.items()}
     logger.hparams(hparams, list(VAL_TAGS))
     result = _result(run, state, guard, started)
-    log.info("done: %d steps, %s tokens in %.0f s; val loss %.4f, perplexity %.2f (unigram %.1f); %s",
-             state.step, f"{state.tokens:,}", result["wall_time_s"], result["val_loss"],
+    log.info("done: %d steps, %s tokens in %.0f s (%.0f%% of it evaluating); val loss %.4f, perplexity %.2f "
+             "(unigram %.1f); %s", state.step, f"{state.tokens:,}", result["wall_time_s"],
+             100 * run.eval_seconds / max(result["wall_time_s"], 1e-9), result["val_loss"],
              result["val_perplexity"], run.unigram_ppl, run.run_dir)
     return result
 
