@@ -109,6 +109,7 @@ def main() -> None:
         help="an albert_gpt variant: a name and its overrides (repeatable)",
     )
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the runs and the summary")
+    parser.add_argument("--write", action="store_true", help="rewrite the table in docs/performance.md")
     args = parser.parse_args()
     variants = {v.split("=", 1)[0]: v.split("=", 1)[1].split() for v in args.variant} or {"default": []}
     data = args.nanogpt / "data" / "shakespeare_char"
@@ -151,6 +152,33 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"runs": runs, "summary": summary}, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(summary, indent=1))
+    if args.write:
+        write_table(runs, summary)
+
+
+def write_table(runs: list[dict], summary: dict) -> None:
+    """The side-by-side table into docs/performance.md, between its vs-nanogpt markers."""
+    lines = [
+        "| program | settings | runs (s) | median wall time | time / nanoGPT's | median val loss |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for program, row in summary.items():
+        mine = [r for r in runs if r["program"] == program]
+        settings = " ".join(mine[0].get("overrides", [])) or (
+            "float32, eager (its CPU recipe)" if program == "nanoGPT" else "the config as shipped"
+        )
+        times = ", ".join(f"{r['seconds']:.0f}" for r in mine)
+        lines.append(
+            f"| {program} | {settings} | {times} | {row['median_seconds']:.0f} s | "
+            f"{row['time_ratio_to_nanogpt']:.2f} | {row['median_val_loss']:.4f} |"
+        )
+    doc_path = ROOT / "docs" / "performance.md"
+    doc = doc_path.read_text(encoding="utf-8")
+    start, end = "<!-- vs-nanogpt:start -->", "<!-- vs-nanogpt:end -->"
+    head, rest = doc.split(start, 1)
+    doc_path.write_text(
+        f"{head}{start}\n" + "\n".join(lines) + f"\n{end}{rest.split(end, 1)[1]}", encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":
