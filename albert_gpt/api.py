@@ -94,20 +94,27 @@ def evaluate(
     batch_size: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Loss, perplexity and bits per byte of a run on one of its splits, or on a text file."""
-    from albert_gpt.inference.evaluate import evaluate_run
+    """Loss, perplexity and bits per byte of a run on one of its splits, or on a text file. A LoadedRun is
+    evaluated as it is in memory; a run directory is loaded first (best checkpoint, this machine)."""
+    from albert_gpt.inference.evaluate import evaluate_loaded, evaluate_run
 
-    loaded = run if isinstance(run, LoadedRun) else None
-    return evaluate_run(
-        loaded.run_dir if loaded else Path(run),
+    text_path = None if text is None else Path(text)
+    if not isinstance(run, LoadedRun):
+        return evaluate_run(
+            Path(run), split=split, stride=stride, batch_size=batch_size, progress=progress, text=text_path
+        )
+    return evaluate_loaded(
+        run.run_dir,
+        run.cfg,
+        run.model,
+        run.tokenizer,
+        run.device,
+        run.dtype,
         split=split,
+        text=text_path,
         stride=stride,
-        checkpoint=loaded.checkpoint if loaded else None,
         batch_size=batch_size,
         progress=progress,
-        device=str(loaded.device.type) if loaded else None,
-        dtype=str(loaded.dtype).removeprefix("torch.") if loaded else None,
-        text=None if text is None else Path(text),
     )
 
 

@@ -93,3 +93,26 @@ def test_the_library_is_silent_until_logging_is_enabled():
     assert len(logger.handlers) == before + 1  # a second call adds no second handler
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         albert_gpt.nope  # noqa: B018
+
+
+def test_the_package_root_lists_exactly_the_api():
+    """The root names the API without importing it (so `import albert_gpt` stays light); the two lists
+    are kept equal here."""
+    from albert_gpt import api
+
+    assert set(albert_gpt._API) == set(api.__all__)
+    assert all(getattr(albert_gpt, name) is getattr(api, name) for name in api.__all__)
+
+
+def test_evaluate_a_loaded_run_equals_evaluating_its_directory(tmp_path):
+    from albert_gpt import evaluate, load_run
+
+    cfg = tiny_config(tmp_path, train={"max_steps": 4})
+    train(cfg)
+    run = load_run(cfg.run_dir, device="cpu", dtype="float32")
+    in_memory = evaluate(run)
+    from albert_gpt.inference.evaluate import evaluate_run
+
+    from_disk = evaluate_run(cfg.run_dir, progress=False, device="cpu", dtype="float32")
+    assert in_memory["loss"] == pytest.approx(from_disk["loss"], rel=1e-6)
+    assert in_memory["tokens"] == from_disk["tokens"] > 0

@@ -88,8 +88,14 @@ def _batch_tensors(tokens: Any, batch: list[Window]) -> tuple[torch.Tensor, torc
 
 
 @torch.inference_mode()  # no autograd bookkeeping at all (cheaper than no_grad)
-def _score(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-           device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
+def _score(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[float, int]:
     """(sum of NLL over the masked targets, number of masked targets) for one batch."""
     x, y, mask = x.to(device), y.to(device), mask.to(device)
     with autocast(device, dtype):
@@ -197,26 +203,73 @@ def evaluate_run(
         raise ConfigError(f"unknown split {split!r} (choose one of: train, val, test)")
     path = resolve_checkpoint(run_dir, checkpoint)
     cfg, model, tokenizer = load_for_inference(run_dir, checkpoint=str(path), device="cpu")
+    torch_device, torch_dtype = inference_device(device, dtype)
+    model.to(torch_device)
+    result = evaluate_loaded(
+        run_dir,
+        cfg,
+        model,
+        tokenizer,
+        torch_device,
+        torch_dtype,
+        split=split,
+        text=text,
+        stride=stride,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))  # verified by resolve_checkpoint
+    return {
+        **result,
+        "checkpoint": path.name,
+        "step": meta.get("step"),
+        "note": fallback_note(run_dir, checkpoint, path),
+    }
+
+
+def evaluate_loaded(
+    run_dir: Path,
+    cfg: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    split: str = "val",
+    text: Path | None = None,
+    stride: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """`evaluate_run` for a model already in memory (on `device`): the Python API's path, which loads a
+    run once and evaluates it as often as asked."""
     block_size = cfg.model.block_size
     if stride is not None and not 1 <= stride <= block_size:
         raise ConfigError(f"--stride must be between 1 and block_size ({block_size}), got {stride}")
-    torch_device, torch_dtype = inference_device(device, dtype)
-    model.to(torch_device)
     if text is not None:
         tokens, n_bytes, source = *_text_tokens(Path(text), tokenizer), str(text)
     else:
-        tokens, n_bytes, source = _split_tokens(cfg, run_dir, split, progress)
+        tokens, n_bytes, source = _split_tokens(cfg, Path(run_dir), split, progress)
     if len(tokens) < 2:
         raise DataError(f"{source} has {len(tokens)} tokens; nothing to evaluate")
     result = evaluate_tokens(
-        model, tokens, block_size, batch_size or cfg.eval.batch_size or cfg.train.batch_size,
-        torch_device, torch_dtype, stride=stride, n_bytes=n_bytes, progress=progress,
+        model,
+        tokens,
+        block_size,
+        batch_size or cfg.eval.batch_size or cfg.train.batch_size,
+        device,
+        dtype,
+        stride=stride,
+        n_bytes=n_bytes,
+        progress=progress,
     )
-    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))  # verified by resolve_checkpoint
-    return {**result, "split": "text" if text is not None else split, "source": source,
-            "stride": stride or block_size, "checkpoint": path.name, "step": meta.get("step"),
-            "device": str(torch_device), "dtype": str(torch_dtype).removeprefix("torch."),
-            "note": fallback_note(run_dir, checkpoint, path)}
+    return {
+        **result,
+        "split": "text" if text is not None else split,
+        "source": source,
+        "stride": stride or block_size,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+    }
 
 
 def inference_device(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
@@ -245,8 +298,11 @@ def _split_tokens(cfg: Any, run_dir: Path, split: str, progress: bool) -> tuple[
         if not cache_dir.is_absolute():
             inside = dataclasses.replace(cfg.data, cache_dir=str(run_dir / cache_dir))
             cfg = dataclasses.replace(cfg, data=inside)
-        log.info("%s: its token cache is not where the run recorded it; preparing the data again in %s",
-                 run_dir, cfg.data.cache_dir)
+        log.info(
+            "%s: its token cache is not where the run recorded it; preparing the data again in %s",
+            run_dir,
+            cfg.data.cache_dir,
+        )
         prepared = prepare_data(cfg, progress=progress)
     tokens = prepared.splits[split]
     return tokens.tokens, tokens.n_bytes, f"split {split!r} of {run_dir}"
@@ -259,8 +315,11 @@ def _text_tokens(path: Path, tokenizer: Any) -> tuple[np.ndarray, int]:
     text = _read_text(path)
     unknown = tokenizer.unknown_characters(text)
     if unknown:
-        log.warning("%s: %d character(s) the tokenizer never saw in training are scored as the unknown token",
-                    path, len(unknown))
+        log.warning(
+            "%s: %d character(s) the tokenizer never saw in training are scored as the unknown token",
+            path,
+            len(unknown),
+        )
     return np.array([tokenizer.eot_id, *tokenizer.encode(text)], dtype=np.int64), len(text.encode("utf-8"))
 
 
