@@ -160,7 +160,6 @@ class DataConfig:
         "replace", "invalid UTF-8: replace (and report the count) | strict (refuse)"
     )
     cache_dir: str = opt("data_cache", "where tokenized corpora are cached")
-    num_proc: int = opt(1, "processes for tokenization", min=1, max=1024)
 
 
 @dataclass
@@ -168,6 +167,10 @@ class TokenizerConfig:
     type: TokenizerType = opt("bpe", "bpe (byte-level, trained) | char | pretrained")
     vocab_size: int = opt(4096, "bpe: target vocabulary size", min=260, max=4_294_967_295)
     min_frequency: int = opt(2, "bpe: minimum pair frequency for a merge", min=1)
+    train_max_bytes: int = opt(
+        200_000_000, "bpe: train on at most this many bytes of the training split, taken evenly across it "
+        "(memory and time of training stay bounded on any corpus)", min=1,
+    )
     path: str | None = opt(
         None, "pretrained: a tokenizer.json, a folder holding one, or a hub model name (e.g. gpt2)"
     )
@@ -269,6 +272,8 @@ def _known_sections(raw: Any) -> dict[str, Any]:
 
 # Keys of earlier versions, and what took their place.
 REMOVED_KEYS = {
+    ("data", "num_proc"): "removed; tokenization runs on the tokenizers batch encoder, whose threads use "
+    "every core (measured faster than datasets.map processes; set RAYON_NUM_THREADS to use fewer)",
     ("data", "name"): "removed; a hub dataset is named by data.path (its hub name or a local copy), "
     "e.g. data.path: wikitext",
 }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ from albert_gpt.config import Config, config_from_dict
 from albert_gpt.data import packing, pipeline
 from albert_gpt.data.cache import META, token_dtype
 from albert_gpt.data.pipeline import check_split_sizes, prepare_data
+from albert_gpt.data.tokenizer import TextTokenizer
 from albert_gpt.errors import DataError
 
 WORDS = "the cat sat on a mat while rain fell over quiet hills and rivers ran to the sea".split()
@@ -58,7 +58,7 @@ def test_splits_decode_to_documents_joined_by_eot(tmp_path):
 
 
 def test_second_run_reuses_cache_without_tokenizing(tmp_path, monkeypatch):
-    """The same config again reads the cache: datasets.map is never called, the tokens are equal."""
+    """The same config again reads the cache: nothing is encoded, the tokens are equal."""
     write_corpus(tmp_path / "corpus")
     cfg = make_cfg(tmp_path)
     first = prepare_data(cfg, progress=False)
@@ -67,31 +67,26 @@ def test_second_run_reuses_cache_without_tokenizing(tmp_path, monkeypatch):
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr(datasets.Dataset, "map", no_tokenizing)
+    monkeypatch.setattr(TextTokenizer, "encode_arrays", no_tokenizing)
+    monkeypatch.setattr(TextTokenizer, "encode_batch", no_tokenizing)
     second = prepare_data(cfg, progress=False)
     assert second.stats["cached"] and not first.stats["cached"]
     assert second.cache_dir == first.cache_dir
     assert np.array_equal(second.splits["train"].tokens, train_before)
 
 
-def test_fingerprint_follows_content_and_tokenizer_not_num_proc(tmp_path):
-    """Editing a file or the vocabulary size makes a new entry; num_proc does not."""
+def test_fingerprint_follows_content_and_tokenizer(tmp_path):
+    """Editing a file, the vocabulary size or BPE's training cap makes a new entry; the same config again
+    does not."""
     write_corpus(tmp_path / "corpus")
     base = prepare_data(make_cfg(tmp_path), progress=False).cache_dir
-    same = prepare_data(make_cfg(tmp_path, data={"num_proc": 2}), progress=False)
+    same = prepare_data(make_cfg(tmp_path), progress=False)
     assert same.cache_dir == base and same.stats["cached"]
+    capped = make_cfg(tmp_path, tokenizer={"train_max_bytes": 1000})
+    assert prepare_data(capped, progress=False).cache_dir != base
     assert prepare_data(make_cfg(tmp_path, tokenizer={"vocab_size": 280}), progress=False).cache_dir != base
     (tmp_path / "corpus" / "doc000.txt").write_text("changed text\n", encoding="utf-8")
     assert prepare_data(make_cfg(tmp_path), progress=False).cache_dir != base
-
-
-def test_num_proc_gives_identical_tokens(tmp_path):
-    """Tokenizing with two worker processes writes the same tokens as with one."""
-    docs = write_corpus(tmp_path / "corpus")
-    tok = prepare_data(make_cfg(tmp_path), progress=False).tokenizer
-    one = packing.encode_documents(docs, tok, True, 1, "one")
-    two = packing.encode_documents(docs, tok, True, 2, "two")
-    assert np.array_equal(one, two) and len(one) > len(docs)
 
 
 def test_interrupted_build_leaves_nothing_complete(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from albert_gpt.config import DataConfig
+from albert_gpt.data.documents import pieces_of
 from albert_gpt.data.sources import SourceDocs, builtin_documents, list_files, load_source
 from albert_gpt.data.splits import make_splits, split_by_position, unit_position
 from albert_gpt.errors import DataError
@@ -18,8 +19,8 @@ from albert_gpt.errors import DataError
 
 def source(tmp_path: Path, **data) -> dict[str, list[str]]:
     """Documents of every split the source defines, as lists."""
-    loaded = load_source(DataConfig(cache_dir=str(tmp_path / "cache"), **data), hf_cache=tmp_path / "hf")
-    return {name: list(docs) for name, docs in loaded.splits.items()}
+    loaded = load_source(DataConfig(cache_dir=str(tmp_path / "cache"), **data))
+    return {name: ["".join(pieces_of(d)) for d in docs] for name, docs in loaded.splits.items()}
 
 
 @pytest.fixture
@@ -140,8 +141,8 @@ def test_invalid_utf8_replaced_and_counted(tmp_path):
     written validly in the file is kept and not counted."""
     path = tmp_path / "bad.txt"
     path.write_bytes(b"ok \xff here \xc3 and valid \xef\xbf\xbd end")
-    loaded = load_source(DataConfig(source="files", path=str(path)), hf_cache=tmp_path / "hf")
-    assert list(loaded.splits["train"]) == ["ok \ufffd here \ufffd and valid \ufffd end"]
+    loaded = load_source(DataConfig(source="files", path=str(path)))
+    assert ["".join(d) for d in loaded.splits["train"]] == ["ok \ufffd here \ufffd and valid \ufffd end"]
     assert loaded.invalid_utf8 == 2
 
 
@@ -192,7 +193,7 @@ def test_hub_streaming_matches_download(tmp_path, hf_cache):
     root.mkdir()
     (root / "train.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(4)))
     loaded = load_source(DataConfig(source="hub", path=str(root), val_split=None, test_split=None,
-                                    streaming=True), hf_cache=tmp_path / "hf")
+                                    streaming=True))
     train = loaded.splits["train"]
     assert not isinstance(train, list)
     assert list(train) == list(train) == [f"doc {i}" for i in range(4)]

@@ -1,22 +1,30 @@
-"""Encoding one split: documents -> ids through `datasets.map` -> one flat token file.
+"""Encoding one split: documents -> ids -> one flat token file, written as it goes.
 
-Documents are read in chunks of about CHUNK_CHARS characters, so a streamed corpus larger than
-memory is packed with bounded memory; each chunk becomes an in-memory `datasets.Dataset`.
+Documents arrive in pieces (documents.py); pieces are gathered into batches of about
+batch_chars() characters and encoded by the tokenizers batch encoder, whose threads use every core
+(measured faster than datasets.map worker processes, docs/performance.md). Memory holds one batch
+and its ids, whatever the corpus size.
 """
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 
+from albert_gpt.data.documents import pieces_of
+from albert_gpt.data.sources import Document
 from albert_gpt.data.tokenizer import TextTokenizer
 
-CHUNK_CHARS = 1 << 25
+MIN_BATCH_CHARS = 1 << 21  # a batch gives every thread pieces to encode...
+MAX_BATCH_CHARS = 1 << 23  # ...and its encodings (about 100 bytes a token) stay far below a gigabyte
+
+
+def batch_chars() -> int:
+    return min(MAX_BATCH_CHARS, max(MIN_BATCH_CHARS, 4 * (os.cpu_count() or 1) * (1 << 18)))
 
 
 @dataclass
@@ -28,65 +36,55 @@ class PackedCounts:
 
 
 def pack_split(
-    documents: Iterable[str], tokenizer: TextTokenizer, path: Path, dtype: np.dtype, separate: bool,
-    num_proc: int, desc: str,
+    documents: Iterable[Document], tokenizer: TextTokenizer, path: Path, dtype: np.dtype, separate: bool,
+    desc: str, progress: bool = False,
 ) -> PackedCounts:
     """Write the split's tokens to `path`; with `separate`, end-of-text goes between documents."""
+    from tqdm.auto import tqdm
+
     counts = PackedCounts()
-    with path.open("wb") as f:
-        for chunk in _chunks(documents):
-            counts.n_documents += len(chunk)
-            counts.n_chars += sum(len(text) for text in chunk)
-            counts.n_bytes += sum(len(text.encode("utf-8", "surrogatepass")) for text in chunk)
-            ids = encode_documents(chunk, tokenizer, separate, num_proc, desc)
+    with path.open("wb") as f, tqdm(desc=desc, unit="tok", unit_scale=True, disable=not progress,
+                                    leave=False) as bar:
+        for ids in encode_stream(documents, tokenizer, separate, counts):
             f.write(ids.astype(dtype, copy=False).tobytes())
             counts.tokens += len(ids)
-        if separate and counts.tokens:
-            # every document was followed by end-of-text; the last one has nothing to separate
-            counts.tokens -= 1
-            f.truncate(counts.tokens * dtype.itemsize)
+            bar.update(len(ids))
     return counts
 
 
-def encode_documents(
-    texts: list[str], tokenizer: TextTokenizer, separate: bool, num_proc: int, desc: str
-) -> np.ndarray:
-    """(N,) int64 ids of the texts in order, each followed by end-of-text when `separate`."""
-    import datasets
+def encode_stream(documents: Iterable[Document], tokenizer: TextTokenizer, separate: bool,
+                  counts: PackedCounts | None = None) -> Iterator[np.ndarray]:
+    """(n,) int64 ids of the documents in order, a batch at a time, with end-of-text between documents
+    when `separate`; `counts` (documents, characters, bytes) is updated as they are read."""
+    counts = counts if counts is not None else PackedCounts()
+    eot = np.array([tokenizer.eot_id], dtype=np.int64)
+    batch: list[str] = []
+    starts: list[bool] = []  # piece i begins a document after the first
+    size, limit = 0, batch_chars()
+    for doc in documents:
+        first_piece = True
+        for piece in pieces_of(doc):
+            if first_piece:
+                starts.append(separate and counts.n_documents > 0)
+                counts.n_documents += 1
+                first_piece = False
+            else:
+                starts.append(False)
+            batch.append(piece)
+            counts.n_chars += len(piece)
+            counts.n_bytes += len(piece.encode("utf-8", "surrogatepass"))
+            size += len(piece)
+            if size >= limit:
+                yield _encode(batch, starts, tokenizer, eot)
+                batch, starts, size = [], [], 0
+    if batch:
+        yield _encode(batch, starts, tokenizer, eot)
 
-    eot = tokenizer.eot_id
 
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        ids = tokenizer.encode_batch(batch["text"])
-        if separate:
-            for row in ids:
-                row.append(eot)
-        return {"ids": ids}
-
-    ds = datasets.Dataset.from_dict({"text": texts})
-    ds = ds.map(
-        encode, batched=True, remove_columns=["text"], desc=desc,
-        num_proc=min(num_proc, len(texts)) if num_proc > 1 else None,
-        # the dataset lives in memory, so nothing is cached under this name; giving one spares
-        # datasets hashing the tokenizer, which costs more than encoding a small corpus
-        new_fingerprint=uuid.uuid4().hex,
-    )
-    column = ds.data.table.column("ids")
-    if len(column) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return pc.list_flatten(column).to_numpy()
-
-
-def _chunks(documents: Iterable[str]) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    size = 0
-    for text in documents:
-        if not text:
-            continue
-        chunk.append(text)
-        size += len(text)
-        if size >= CHUNK_CHARS:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
+def _encode(batch: list[str], starts: list[bool], tokenizer: TextTokenizer, eot: np.ndarray) -> np.ndarray:
+    parts = []
+    for ids, start in zip(tokenizer.encode_arrays(batch), starts):
+        if start:
+            parts.append(eot)
+        parts.append(ids)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

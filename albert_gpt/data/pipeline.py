@@ -1,8 +1,7 @@
 """The data pipeline: config -> source -> splits -> tokenizer -> token cache, reused when cached.
 
 The cache key covers the source (with content hashes of local files), how held-out splits are
-carved, the tokenizer spec and PIPELINE_VERSION; `num_proc` and `cache_dir` do not change tokens
-and are left out.
+carved, the tokenizer spec and PIPELINE_VERSION; `cache_dir` does not change tokens and is left out.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from albert_gpt.data.cache import META, TOKENIZER, TokenSplit
 from albert_gpt.data.packing import pack_split
 from albert_gpt.data.sources import hash_file, load_source, source_fingerprint
 from albert_gpt.data.splits import SPLITS, make_splits
-from albert_gpt.data.tokenizer import TextTokenizer, build_tokenizer, pretrained_file
+from albert_gpt.data.tokenizer import TextTokenizer, build_tokenizer, cut_rule, pretrained_file
 from albert_gpt.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ def pipeline_spec(cfg: Config) -> dict[str, Any]:
 def tokenizer_fingerprint(t: TokenizerConfig) -> dict[str, Any]:
     spec: dict[str, Any] = {"type": t.type, "eot_token": t.eot_token}
     if t.type == "bpe":
-        spec.update(vocab_size=t.vocab_size, min_frequency=t.min_frequency)
+        spec.update(vocab_size=t.vocab_size, min_frequency=t.min_frequency, train_max_bytes=t.train_max_bytes)
     elif t.type == "pretrained":
         spec["file_sha256"] = hash_file(pretrained_file(t))
     return spec
@@ -115,22 +114,22 @@ def open_entry(entry: Path) -> PreparedData | None:
 def _build(cfg: Config, out: Path, fp: str, progress: bool) -> dict[str, Any]:
     """Fill `out` with tokenizer.json and the split files; return the metadata to write last."""
     d = cfg.data
-    source = load_source(d, hf_cache=Path(d.cache_dir) / "hf")
-    if source.invalid_utf8:
-        log.warning("%s: %d invalid UTF-8 sequences replaced by U+FFFD", source.description,
-                    source.invalid_utf8)
+    source = load_source(d, cut_rule(cfg.tokenizer))
     for note in source.notes:
         log.info("%s", note)
     splits = make_splits(source, d.val_fraction, d.test_fraction)
     t0 = time.perf_counter()
-    tokenizer = build_tokenizer(cfg.tokenizer, splits.documents["train"], progress)
+    train_bytes = getattr(source.splits["train"], "total_bytes", None)
+    if train_bytes is not None and splits.documents["train"] is not source.splits["train"]:
+        train_bytes = round(train_bytes * (1.0 - d.val_fraction - d.test_fraction))  # about its share
+    tokenizer = build_tokenizer(cfg.tokenizer, splits.documents["train"], progress, train_bytes)
     tokenizer.save(out / TOKENIZER)
     t1 = time.perf_counter()
     dtype = cache.token_dtype(tokenizer.vocab_size)
     per_split = {}
     for name in SPLITS:
         counts = pack_split(splits.documents[name], tokenizer, out / f"{name}.bin", dtype,
-                            separate=not d.join_rows, num_proc=d.num_proc, desc=f"tokenizing {name}")
+                            separate=not d.join_rows, desc=f"tokenizing {name}", progress=progress)
         record = cache.split_record(out / f"{name}.bin", dtype)
         if record["max_id"] >= tokenizer.vocab_size:
             raise DataError(f"tokenizing {name}: id {record['max_id']} is outside the tokenizer's "
@@ -140,6 +139,9 @@ def _build(cfg: Config, out: Path, fp: str, progress: bool) -> dict[str, Any]:
         if name == "train" and counts.tokens == 0:
             raise DataError(f"empty corpus: {source.description} has no text in its training split")
     t2 = time.perf_counter()
+    if source.invalid_utf8:
+        log.warning("%s: %d invalid UTF-8 sequences replaced by U+FFFD", source.description,
+                    source.invalid_utf8)
     n_tokens = sum(s["tokens"] for s in per_split.values())
     stats = {
         "source": source.description, "split_method": splits.method, "tokenizer": cfg.tokenizer.type,

@@ -16,44 +16,48 @@ from pathlib import Path
 from typing import Any
 
 from albert_gpt.config import DataConfig
-from albert_gpt.data.textio import read_jsonl, read_text_file
+from albert_gpt.data.documents import DecodeCounts, FileDocuments, TextFile
 from albert_gpt.errors import DataError
 
 SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
+Document = str | TextFile  # a row's text, or a text file read in pieces (documents.pieces_of)
 _SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")  # written by datasets' save_to_disk
 
 
 @dataclass
 class SourceDocs:
-    splits: dict[str, Iterable[str]]  # "train" always; "val" / "test" when the source defines them
+    splits: dict[str, Iterable[Document]]  # "train" always; "val" / "test" when the source defines them
     description: str
-    invalid_utf8: int = 0  # sequences replaced by U+FFFD while reading
     notes: list[str] = field(default_factory=list)
+    counts: DecodeCounts = field(default_factory=DecodeCounts)
+
+    @property
+    def invalid_utf8(self) -> int:
+        """Sequences replaced by U+FFFD in the files read so far (complete once every document was read)."""
+        return self.counts.total
 
 
-def document_count(docs: Iterable[str]) -> int | None:
-    """Number of documents when known without reading them (None for a stream)."""
+def document_count(docs: Iterable[Document]) -> int | None:
+    """Number of documents (None for a stream); local files are counted in one pass the first time."""
     if isinstance(docs, list):
         return len(docs)
     return getattr(docs, "length", None)
 
 
-def load_source(data: DataConfig, hf_cache: Path) -> SourceDocs:
-    """Read (or, for streams, open) the documents of `data.source`.
-
-    `hf_cache` holds the Arrow files `datasets` makes from local .parquet files.
-    """
+def load_source(data: DataConfig, rule: str = "line") -> SourceDocs:
+    """Open the documents of `data.source`; local files are read lazily, text files in pieces cut by
+    `rule` (documents.CUT_RULES: where the tokenizer allows a cut)."""
     if data.source == "builtin":
         documents = _limit(builtin_documents(), data.max_documents)
         return _nonempty(SourceDocs({"train": documents}, _describe(data)))
     if data.source == "files":
         if not data.path:
             raise DataError("data.path is required when data.source is files (a file, directory or glob)")
-        return _nonempty(_read_files(list_files(data.path), data, hf_cache))
+        return _nonempty(_read_files(list_files(data.path), data, rule))
     if data.source == "url":
         from albert_gpt.data.download import corpus_file
 
-        return _nonempty(_read_files([corpus_file(data)], data, hf_cache))
+        return _nonempty(_read_files([corpus_file(data)], data, rule))
     if not data.path:
         raise DataError("data.path is required when data.source is hub (a hub name or a local copy)")
     return _hub(data)
@@ -122,41 +126,9 @@ def source_fingerprint(data: DataConfig) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- files
 
-def _read_files(files: list[Path], data: DataConfig, hf_cache: Path) -> SourceDocs:
-    documents: list[str] = []
-    invalid = 0
-    for f in files:
-        suffix = f.suffix.lower()
-        if suffix == ".jsonl":
-            texts, bad = read_jsonl(f, data.text_field, data.encoding_errors)
-        elif suffix == ".parquet":
-            texts, bad = _parquet_texts(f, data.text_field, hf_cache), 0
-        else:
-            decoded = read_text_file(f, data.encoding_errors)
-            texts, bad = [decoded.text], decoded.invalid
-        documents.extend(t for t in texts if t)
-        invalid += bad
-        if data.max_documents is not None and len(documents) >= data.max_documents:
-            break
-    return SourceDocs({"train": _limit(documents, data.max_documents)}, _describe(data, len(files)), invalid)
-
-
-def _parquet_texts(path: Path, text_field: str, hf_cache: Path) -> list[str]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset("parquet", data_files=str(path), split="train", cache_dir=str(hf_cache))
-    except Exception as exc:  # pyarrow and datasets raise many types for a damaged file
-        raise DataError(f"{path}: cannot read parquet ({_first_line(exc)})") from None
-    if text_field not in ds.column_names:
-        columns = ", ".join(ds.column_names)
-        raise DataError(f"{path}: no column {text_field!r} (data.text_field; columns: {columns})")
-    texts = list(ds[text_field])
-    for row, text in enumerate(texts):
-        if not isinstance(text, str):
-            kind = type(text).__name__
-            raise DataError(f"{path}: row {row} of column {text_field!r} is {kind}, not a string")
-    return texts
+def _read_files(files: list[Path], data: DataConfig, rule: str) -> SourceDocs:
+    documents = FileDocuments(files, data.text_field, data.encoding_errors, rule, data.max_documents)
+    return SourceDocs({"train": documents}, _describe(data, len(files)), counts=documents.counts)
 
 
 # ---------------------------------------------------------------- hub
@@ -251,7 +223,7 @@ def _limit(documents: list[str], max_documents: int | None) -> list[str]:
 
 
 def _nonempty(source: SourceDocs) -> SourceDocs:
-    if not any(source.splits["train"]):
+    if not any(True for _ in source.splits["train"]):
         raise DataError(f"empty corpus: {source.description} contains no text")
     return source
 

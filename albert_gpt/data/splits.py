@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from albert_gpt.data.sources import SourceDocs, document_count
+from albert_gpt.data.documents import pieces_of
+from albert_gpt.data.sources import Document, SourceDocs, document_count
 
 SPLITS = ("train", "val", "test")
 _FIB = 2654435769  # round(2**32 / phi): Knuth's multiplicative hashing constant
@@ -45,18 +46,18 @@ def _label(u: float, carve: list[tuple[str, float]]) -> str:
 
 @dataclass
 class Splits:
-    documents: dict[str, Iterable[str]]  # keys: SPLITS
+    documents: dict[str, Iterable[Document]]  # keys: SPLITS
     method: str
 
 
 class CarvedDocuments:
     """The documents of one split under the position rule, re-iterable over a list or a stream."""
 
-    def __init__(self, train: Iterable[str], carve: list[tuple[str, float]], name: str,
+    def __init__(self, train: Iterable[Document], carve: list[tuple[str, float]], name: str,
                  length: int | None) -> None:
         self._train, self._carve, self._name, self.length = train, carve, name, length
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[Document]:
         for i, doc in enumerate(self._train):
             if _label(unit_position(i), self._carve) == self._name:
                 yield doc
@@ -76,9 +77,8 @@ def make_splits(source: SourceDocs, val_fraction: float, test_fraction: float) -
     names = ", ".join(name for name, f in carve if f > 0) or "no held-out split"
     by_position = counts is not None and (not counts or not all(counts[name] for name, f in carve if f > 0))
     if by_position:
-        docs = list(train)
-        pieces = split_by_position(docs, carve)
-        count = f"{len(docs)} document{'s' if len(docs) != 1 else ''}"
+        pieces = split_by_position(train, carve)
+        count = f"{n} document{'s' if n != 1 else ''}"
         method = f"{names} cut from train by character position at line starts ({count}){suffix}"
         return Splits({**source.splits, **pieces}, method)
     documents = dict(source.splits)
@@ -99,11 +99,18 @@ def _counts(n: int, carve: list[tuple[str, float]]) -> dict[str, int]:
     return counts if counts["train"] > 0 else {}
 
 
-def split_by_position(docs: list[str], carve: list[tuple[str, float]]) -> dict[str, list[str]]:
-    """Cut the joined documents into train then each carved split, at line starts."""
+def split_by_position(docs: Iterable[Document], carve: list[tuple[str, float]]) -> dict[str, list[Document]]:
+    """Cut the joined documents into train then each carved split, at line starts.
+
+    Two passes, neither holding more than a piece of a document: the first measures the documents,
+    the second finds the line start after each cut. A str document gives str parts; a text file gives
+    `DocumentPart`s that read their share of the file when iterated.
+    """
+    docs = list(docs)  # a handful: this rule only applies when there are too few documents to carve
+    lengths = [sum(len(piece) for piece in pieces_of(doc)) for doc in docs]
     starts = [0]
-    for doc in docs:
-        starts.append(starts[-1] + len(doc))
+    for length in lengths:
+        starts.append(starts[-1] + length)
     total = starts[-1]
     held_out = sum(fraction for _, fraction in carve)
     cuts, position = [], total * (1.0 - held_out)
@@ -112,22 +119,47 @@ def split_by_position(docs: list[str], carve: list[tuple[str, float]]) -> dict[s
         position += total * fraction
     bounds = [0, *cuts, total]
     names = ["train"] + [name for name, _ in carve]
-    pieces: dict[str, list[str]] = {name: [] for name in names}
-    for doc, start in zip(docs, starts):
+    parts: dict[str, list[Document]] = {name: [] for name in names}
+    for doc, start, length in zip(docs, starts, lengths):
         for name, lo, hi in zip(names, bounds, bounds[1:]):
-            piece = doc[max(lo - start, 0): max(hi - start, 0)]
-            if piece:
-                pieces[name].append(piece)
-    return pieces
+            lo, hi = max(lo - start, 0), min(max(hi - start, 0), length)
+            if lo < hi:
+                parts[name].append(doc[lo:hi] if isinstance(doc, str) else DocumentPart(doc, lo, hi))
+    return parts
 
 
-def _line_start(docs: list[str], starts: list[int], position: int) -> int:
+class DocumentPart:
+    """Characters [lo, hi) of a document read in pieces, itself iterated as pieces."""
+
+    def __init__(self, doc: Iterable[str], lo: int, hi: int) -> None:
+        self.doc, self.lo, self.hi = doc, lo, hi
+
+    def __iter__(self) -> Iterator[str]:
+        offset = 0
+        for piece in self.doc:
+            end = offset + len(piece)
+            part = piece[max(self.lo - offset, 0): max(self.hi - offset, 0)]
+            if part:
+                yield part
+            offset = end
+            if offset >= self.hi:
+                return
+
+
+def _line_start(docs: list[Document], starts: list[int], position: int) -> int:
     """The first position >= `position` that begins a line (or a document)."""
     k = bisect.bisect_right(starts, position) - 1
     if k >= len(docs):
         return starts[-1]
-    doc, offset = docs[k], position - starts[k]
-    if offset == 0 or doc[offset - 1] == "\n":
+    offset = position - starts[k]
+    if offset == 0:
         return position
-    newline = doc.find("\n", offset)
-    return starts[k] + (newline + 1 if newline >= 0 else len(doc))
+    at = 0
+    for piece in pieces_of(docs[k]):
+        end = at + len(piece)
+        if end >= offset:  # this piece holds character offset - 1 or lies after it
+            newline = piece.find("\n", max(offset - 1 - at, 0))
+            if newline >= 0:
+                return starts[k] + at + newline + 1
+        at = end
+    return starts[k] + at

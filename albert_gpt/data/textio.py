@@ -23,8 +23,10 @@ class Decoded:
     invalid: int  # invalid UTF-8 sequences replaced by U+FFFD
 
 
-def decode_utf8(raw: bytes, source: Path | str, errors: str) -> Decoded:
-    """Decode UTF-8, dropping a leading byte-order mark.
+def decode_utf8(raw: bytes, source: Path | str, errors: str, strip_bom: bool = True, at_byte: int = 0,
+                at_line: int = 1) -> Decoded:
+    """Decode UTF-8, dropping a leading byte-order mark (when `strip_bom`: the start of a file).
+    `raw` starts at byte `at_byte`, on line `at_line`, of `source` (for the strict error's position).
 
     With errors="replace" the count of replaced sequences is the number of U+FFFD in the
     result minus those written in the file as valid characters (EF BF BD), which a
@@ -34,16 +36,16 @@ def decode_utf8(raw: bytes, source: Path | str, errors: str) -> Decoded:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = raw.count(b"\n", 0, exc.start) + 1
+            line = at_line + raw.count(b"\n", 0, exc.start)
             raise DataError(
-                f"{source}: invalid UTF-8 at byte {exc.start} (line {line}); data.encoding_errors is "
+                f"{source}: invalid UTF-8 at byte {at_byte + exc.start} (line {line}); data.encoding_errors is "
                 "strict (set it to replace to substitute U+FFFD)"
             ) from None
         invalid = 0
     else:
         text = raw.decode("utf-8", errors="replace")
         invalid = text.count(REPLACEMENT) - raw.count(_REPLACEMENT_BYTES)
-    return Decoded(text.removeprefix(BOM), invalid)
+    return Decoded(text.removeprefix(BOM) if strip_bom else text, invalid)
 
 
 def read_text_file(path: Path, errors: str) -> Decoded:

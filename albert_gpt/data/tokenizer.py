@@ -10,14 +10,15 @@ on any text, and for `char` on any text whose characters occur in the training s
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from albert_gpt.config import TokenizerConfig
-from albert_gpt.data.sources import document_count
+from albert_gpt.data.documents import pieces_of
+from albert_gpt.data.sources import Document
 from albert_gpt.errors import DataError
 
 CHAR_FORMAT = "albert_gpt.char_tokenizer"  # the private format of earlier runs, still read
@@ -44,12 +45,15 @@ class CharVocab:
         return len(self._table)
 
     def encode(self, text: str) -> list[int]:
-        # one vectorised lookup: UTF-32 gives the code points, searchsorted their vocabulary rank
+        return self.encode_array(text).tolist()
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """(n,) int64 ids: one vectorised lookup, UTF-32 gives the code points, searchsorted their rank."""
         codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
         if not len(self._codes):
-            return [self.unk_id] * len(codes)
+            return np.full(len(codes), self.unk_id, dtype=np.int64)
         rank = np.minimum(np.searchsorted(self._codes, codes), len(self._codes) - 1)
-        return np.where(self._codes[rank] == codes, rank, self.unk_id).tolist()
+        return np.where(self._codes[rank] == codes, rank, self.unk_id)
 
     def decode(self, ids: Sequence[int]) -> str:
         try:
@@ -121,6 +125,12 @@ class TextTokenizer:
         encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)
         encodings = encode(texts, add_special_tokens=False)
         return [e.ids for e in encodings]
+
+    def encode_arrays(self, texts: list[str]) -> list[np.ndarray]:
+        """encode_batch as (n,) int64 arrays (what packing writes)."""
+        if isinstance(self._backend, CharVocab):
+            return [self._backend.encode_array(t) for t in texts]
+        return [np.asarray(ids, dtype=np.int64) for ids in self.encode_batch(texts)]
 
     def unknown_characters(self, text: str) -> list[str]:
         """The distinct characters of `text` this tokenizer maps to its unknown id (a char vocabulary
@@ -199,19 +209,56 @@ def _guess_eot(backend: Tokenizer, spec: dict, path: Path) -> str:
     )
 
 
-def build_tokenizer(cfg: TokenizerConfig, train_documents: Iterable[str], progress: bool) -> TextTokenizer:
-    """Train on the training split only (bpe, char), or read `tokenizer.path` (pretrained)."""
+def build_tokenizer(cfg: TokenizerConfig, train_documents: Iterable[Document], progress: bool,
+                    train_bytes: int | None = None) -> TextTokenizer:
+    """Train on the training split only (bpe, char), or read `tokenizer.path` (pretrained).
+    `train_bytes`: the split's size when known, so BPE's sample is spread across it."""
     if cfg.type == "pretrained":
         return load_pretrained(cfg)
     if cfg.type == "char":
         chars: set[str] = set()
         for doc in train_documents:
-            chars.update(doc)
+            for piece in pieces_of(doc):
+                chars.update(piece)
         return TextTokenizer(CharVocab(chars, cfg.eot_token), cfg.eot_token)
-    return TextTokenizer(_train_bpe(cfg, train_documents, progress), cfg.eot_token)
+    sample = training_sample(train_documents, cfg.train_max_bytes, train_bytes)
+    return TextTokenizer(_train_bpe(cfg, sample, progress), cfg.eot_token)
 
 
-def _train_bpe(cfg: TokenizerConfig, documents: Iterable[str], progress: bool) -> Tokenizer:
+def training_sample(documents: Iterable[Document], max_bytes: int, total_bytes: int | None) -> Iterator[str]:
+    """Document pieces adding up to at most about `max_bytes` UTF-8 bytes (a piece is never cut): all of
+    them when the split is smaller; else, when its size is known, pieces spread evenly across it (each
+    taken while the bytes taken lag max_bytes / total of the bytes seen); else the first ones."""
+    share = 1.0 if not total_bytes or total_bytes <= max_bytes else max_bytes / total_bytes
+    seen = taken = 0
+    for doc in documents:
+        for piece in pieces_of(doc):
+            size = len(piece.encode("utf-8", "surrogatepass"))
+            seen += size
+            if taken < seen * share:
+                taken += size
+                yield piece
+            if taken >= max_bytes:
+                return
+
+
+def cut_rule(cfg: TokenizerConfig) -> str:
+    """Where this tokenizer lets a text file be cut into pieces without changing its tokens
+    (documents.CUT_RULES)."""
+    if cfg.type == "char":
+        return "line"
+    if cfg.type == "bpe":
+        return "isolated_line"
+    spec = json.loads(pretrained_file(cfg).read_text(encoding="utf-8"))
+    if CharVocab.from_spec(spec) is not None:
+        return "line"
+    pre = spec.get("pre_tokenizer") or {}
+    gpt2_like = (spec.get("normalizer") is None and pre.get("type") == "ByteLevel"
+                 and pre.get("use_regex", True) and not pre.get("add_prefix_space", False))
+    return "isolated_line" if gpt2_like else "none"
+
+
+def _train_bpe(cfg: TokenizerConfig, texts: Iterable[str], progress: bool) -> Tokenizer:
     backend = Tokenizer(models.BPE())
     # byte-level: every string maps to bytes the base alphabet covers, so nothing is unknown
     # and decoding is exact; no prefix space, so "a" at a document start stays "a"
@@ -221,7 +268,7 @@ def _train_bpe(cfg: TokenizerConfig, documents: Iterable[str], progress: bool) -
         vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=[cfg.eot_token],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=progress,
     )
-    backend.train_from_iterator(documents, trainer=trainer, length=document_count(documents))
+    backend.train_from_iterator(texts, trainer=trainer)
     return backend
 
 

@@ -1,0 +1,269 @@
+"""Data preparation at scale: albert_gpt's pipeline beside the `tokenizers` library alone on the same text.
+
+    python scripts/bench_data.py --text tinyshakespeare.txt --rows 20MB 100MB 100MBx100 1GB \
+        --work /tmp/bench_data --out docs/perf/data.json --write
+
+For each row a corpus of that size is built from paragraphs of real text (the --text files and
+Python's own reference documentation, drawn at random with a fixed seed), as one file or as N files
+(`100MBx100`). Then, each in a fresh process whose resident memory (the process and its children
+together) is sampled every 50 ms:
+
+  cold   `albert-gpt prepare` with an empty token cache: read, train the BPE, tokenize, write the cache
+  warm   `albert-gpt prepare` again: the cache is found and opened
+  raw    the floor: `tokenizers` alone trains the same BPE on the same number of bytes (the pipeline's
+         tokenizer.train_max_bytes) and encodes the whole text with `encode_batch`, counting tokens and
+         writing them to a file; no splits, no checks, no cache
+
+--write puts the table between the data-table markers of docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = os.sysconf("SC_PAGE_SIZE")
+START, END = "<!-- data-table:start -->", "<!-- data-table:end -->"
+EOT = "<|endoftext|>"
+
+
+# ---------------------------------------------------------------- corpora
+
+def paragraphs(texts: list[Path]) -> list[str]:
+    from pydoc_data.topics import topics
+
+    sources = [p.read_text(encoding="utf-8") for p in texts] + [topics[k] for k in sorted(topics)]
+    return [p.strip("\n") + "\n" for text in sources for p in text.split("\n\n") if p.strip()]
+
+
+def parse_row(spec: str) -> tuple[int, int]:
+    """'100MB' -> (100e6 bytes, 1 file); '100MBx100' -> (100e6, 100); units KB, MB, GB (powers of 1000)."""
+    match = re.fullmatch(r"(\d+)(KB|MB|GB)(?:x(\d+))?", spec)
+    if not match:
+        raise SystemExit(f"--rows: cannot read {spec!r} (e.g. 20MB, 1GB, 100MBx100)")
+    size = int(match[1]) * {"KB": 10**3, "MB": 10**6, "GB": 10**9}[match[2]]
+    return size, int(match[3] or 1)
+
+
+def build_corpus(where: Path, size: int, n_files: int, paras: list[str], seed: int = 0) -> Path:
+    """`size` bytes of paragraphs drawn at random, in `n_files` files of about equal size; reused if there."""
+    done = where / ".complete"
+    if done.is_file():
+        return where
+    shutil.rmtree(where, ignore_errors=True)
+    where.mkdir(parents=True)
+    rng = random.Random(seed)
+    per_file = size // n_files
+    for i in range(n_files):
+        written = 0
+        with (where / f"part{i:05d}.txt").open("w", encoding="utf-8") as f:
+            buffer = []
+            while written < per_file:
+                p = rng.choice(paras)
+                buffer.append(p + "\n")
+                written += len(p.encode("utf-8")) + 1
+                if len(buffer) >= 4096:
+                    f.write("".join(buffer))
+                    buffer = []
+            f.write("".join(buffer))
+    done.write_text("ok")
+    return where
+
+
+# ---------------------------------------------------------------- measuring a process
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants (0 once it is gone)."""
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    stack.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Wall seconds and peak resident memory (process tree, sampled every 50 ms) of one command."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _tree_rss(proc.pid))
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, _ = proc.communicate()
+    seconds = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
+    return {"seconds": seconds, "peak_rss_mb": peak / 2**20, "output": out}
+
+
+RAW = r"""
+import sys, time, numpy as np
+from pathlib import Path
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+files = sorted(Path(sys.argv[1]).glob("*.txt")); vocab = int(sys.argv[2]); cap = int(sys.argv[3])
+out = Path(sys.argv[4])
+def pieces(limit=None):
+    budget = limit
+    for path in files:
+        with path.open(encoding="utf-8") as f:
+            while budget is None or budget > 0:
+                text = f.read(1 << 18)
+                if not text:
+                    break
+                text += f.readline()
+                if budget is not None:
+                    budget -= len(text)
+                yield text
+t = Tokenizer(models.BPE())
+t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+t.decoder = decoders.ByteLevel()
+trainer = trainers.BpeTrainer(vocab_size=vocab, min_frequency=2, special_tokens=[sys.argv[5]],
+                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+t0 = time.perf_counter()
+t.train_from_iterator(pieces(cap), trainer=trainer)
+t1 = time.perf_counter()
+n, batch = 0, []
+with out.open("wb") as f:
+    def flush(batch):
+        global n
+        for e in t.encode_batch_fast(batch):
+            f.write(np.asarray(e.ids, dtype=np.uint16).tobytes()); n += len(e.ids)
+    for p in pieces():
+        batch.append(p)
+        if len(batch) == 16:
+            flush(batch); batch = []
+    flush(batch)
+t2 = time.perf_counter()
+print(f"RAW train_s={t1 - t0:.3f} encode_s={t2 - t1:.3f} tokens={n}")
+"""
+
+
+def run_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dict:
+    size, n_files = parse_row(spec)
+    corpus = build_corpus(args.work / "corpora" / spec, size, n_files, paras)
+    nbytes = sum(p.stat().st_size for p in corpus.glob("*.txt"))
+    cache = args.work / "cache" / spec
+    shutil.rmtree(cache, ignore_errors=True)
+    cfg = args.work / f"{spec}.yaml"
+    cfg.write_text(
+        f"data: {{source: files, path: {corpus}, cache_dir: {cache}, num_proc: {args.num_proc}}}\n"
+        f"tokenizer: {{type: bpe, vocab_size: {args.vocab}, train_max_bytes: {args.train_max_bytes}}}\n"
+        "log: {progress: false}\n"
+    )
+    prepare = [sys.executable, "-m", "albert_gpt", "prepare", str(cfg)]
+    row: dict = {"row": spec, "bytes": nbytes, "files": n_files}
+    cold = measure(prepare)
+    warm = measure(prepare)
+    meta = json.loads(next(cache.glob("*/meta.json")).read_text())
+    tokens = sum(s["tokens"] for s in meta["splits"].values())
+    stats = meta["stats"]
+    raw_out = args.work / "raw_tokens.bin"
+    raw = measure([sys.executable, "-c", RAW, str(corpus), str(args.vocab), str(args.train_max_bytes),
+                   str(raw_out), EOT])
+    raw_out.unlink(missing_ok=True)
+    found = dict(re.findall(r"(\w+)=([\d.]+)", raw["output"].splitlines()[-1]))
+    row.update(
+        tokens=tokens,
+        cold_s=cold["seconds"], cold_rss_mb=cold["peak_rss_mb"],
+        cold_tokenizer_s=stats["tokenizer_seconds"], cold_tokenize_s=stats["tokenize_seconds"],
+        cold_tokens_per_s=tokens / cold["seconds"], encode_tokens_per_s=stats["tokens_per_second"],
+        warm_s=warm["seconds"], warm_rss_mb=warm["peak_rss_mb"],
+        raw_s=raw["seconds"], raw_rss_mb=raw["peak_rss_mb"], raw_tokens=int(found["tokens"]),
+        raw_train_s=float(found["train_s"]), raw_encode_s=float(found["encode_s"]),
+        raw_encode_tokens_per_s=int(found["tokens"]) / float(found["encode_s"]),
+    )
+    row["ratio_time"] = row["raw_s"] / row["cold_s"]  # the pipeline's speed as a fraction of the floor's
+    row["ratio_encode"] = row["encode_tokens_per_s"] / row["raw_encode_tokens_per_s"]
+    print(format_table([row]).splitlines()[-1], flush=True)
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("| corpus | tokens | cold s (BPE + encode) | cold peak RSS | warm s | warm RSS | raw s (BPE + encode) "
+            "| raw peak RSS | encode tok/s: pipeline / raw | speed vs raw (cold) |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        files = f", {r['files']} files" if r["files"] > 1 else ""
+        lines.append(
+            f"| {r['bytes'] / 1e6:,.0f} MB{files} | {r['tokens'] / 1e6:,.1f} M "
+            f"| {r['cold_s']:,.1f} ({r['cold_tokenizer_s']:,.1f} + {r['cold_tokenize_s']:,.1f}) "
+            f"| {r['cold_rss_mb']:,.0f} MB | {r['warm_s']:.1f} | {r['warm_rss_mb']:,.0f} MB "
+            f"| {r['raw_s']:,.1f} ({r['raw_train_s']:,.1f} + {r['raw_encode_s']:,.1f}) | {r['raw_rss_mb']:,.0f} MB "
+            f"| {r['encode_tokens_per_s'] / 1e6:.2f} M / {r['raw_encode_tokens_per_s'] / 1e6:.2f} M "
+            f"= {r['ratio_encode']:.2f}x | {r['ratio_time']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def write_table(doc: Path, result: dict) -> None:
+    text = doc.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise SystemExit(f"{doc}: no {START} ... {END} markers")
+    m = result["machine"]
+    caption = (f"Measured by `scripts/bench_data.py` on {m['cpus']} cores ({m['processor']}), "
+               f"BPE vocabulary {result['vocab']:,}, tokenizer.train_max_bytes {result['train_max_bytes']:,}, "
+               f"data.num_proc {result['num_proc']}, tokenizers {m['tokenizers']}; {result['date']}.")
+    block = f"{START}\n{caption}\n\n{format_table(result['rows'])}\n{END}"
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    doc.write_text(before + block + after, encoding="utf-8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--text", type=Path, nargs="*", default=[], help="real text files to draw paragraphs from")
+    ap.add_argument("--rows", nargs="+", default=["20MB", "100MB", "100MBx100", "1GB"],
+                    help="corpus sizes, e.g. 20MB, 1GB, 100MBx100 (100 files)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bench_data"), help="corpora and caches go here")
+    ap.add_argument("--vocab", type=int, default=32768, help="BPE vocabulary size")
+    ap.add_argument("--train-max-bytes", type=int, default=200_000_000, help="tokenizer.train_max_bytes")
+    ap.add_argument("--num-proc", type=int, default=1, help="data.num_proc")
+    ap.add_argument("--out", type=Path, help="write the rows as JSON here")
+    ap.add_argument("--write", action="store_true", help="write the table into docs/performance.md")
+    args = ap.parse_args()
+    import tokenizers
+
+    paras = paragraphs(args.text)
+    rows = [run_row(spec, args, paras) for spec in args.rows]
+    result = {
+        "rows": rows, "vocab": args.vocab, "train_max_bytes": args.train_max_bytes, "num_proc": args.num_proc,
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version(), "tokenizers": tokenizers.__version__},
+    }
+    print(format_table(rows))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if args.write:
+        write_table(ROOT / "docs" / "performance.md", result)
+
+
+if __name__ == "__main__":
+    main()
