@@ -146,7 +146,15 @@ class DataConfig:
     split: str = opt("train", "hub: the training split")
     val_split: str | None = opt("validation", "hub: the validation split (null = carve from train)")
     test_split: str | None = opt("test", "hub: the test split (null = carve from train)")
-    streaming: bool = opt(False, "hub: stream the dataset instead of downloading it whole")
+    streaming: bool = opt(
+        False, "train from a stream (hub or local files): text is tokenized and packed as training goes, "
+        "nothing ahead but the held-out slices; resumes exactly"
+    )
+    stream_holdout_tokens: int = opt(
+        262_144, "streaming: tokens in each held-out slice (val, test), from the source's own split or "
+        "else from the head of the stream (which training then skips)", min=2,
+    )
+    shuffle_buffer: int = opt(1024, "streaming: windows in the shuffle buffer", min=1)
     max_documents: int | None = opt(
         None, "read at most this many documents of each source split (null = all)", min=1
     )

@@ -206,8 +206,8 @@ def run_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("| corpus | tokens | cold s (BPE + encode) | cold peak RSS | warm s | warm RSS | raw s (BPE + encode) "
-            "| raw peak RSS | encode tok/s: pipeline / raw | speed vs raw (cold) |")
+    head = ("| corpus | tokens | cold s (BPE + encode) | cold peak RSS | warm s | warm RSS "
+            "| raw s (BPE + encode) | raw peak RSS | encode tok/s: pipeline / raw | speed vs raw (cold) |")
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         files = f", {r['files']} files" if r["files"] > 1 else ""
@@ -215,7 +215,8 @@ def format_table(rows: list[dict]) -> str:
             f"| {r['bytes'] / 1e6:,.0f} MB{files} | {r['tokens'] / 1e6:,.1f} M "
             f"| {r['cold_s']:,.1f} ({r['cold_tokenizer_s']:,.1f} + {r['cold_tokenize_s']:,.1f}) "
             f"| {r['cold_rss_mb']:,.0f} MB | {r['warm_s']:.1f} | {r['warm_rss_mb']:,.0f} MB "
-            f"| {r['raw_s']:,.1f} ({r['raw_train_s']:,.1f} + {r['raw_encode_s']:,.1f}) | {r['raw_rss_mb']:,.0f} MB "
+            f"| {r['raw_s']:,.1f} ({r['raw_train_s']:,.1f} + {r['raw_encode_s']:,.1f}) "
+            f"| {r['raw_rss_mb']:,.0f} MB "
             f"| {r['encode_tokens_per_s'] / 1e6:.2f} M / {r['raw_encode_tokens_per_s'] / 1e6:.2f} M "
             f"= {r['ratio_encode']:.2f}x | {r['ratio_time']:.2f}x |"
         )
@@ -228,7 +229,8 @@ def write_table(doc: Path, result: dict) -> None:
         raise SystemExit(f"{doc}: no {START} ... {END} markers")
     m = result["machine"]
     caption = (f"Measured by `scripts/bench_data.py` on {m['cpus']} cores ({m['processor']}), "
-               f"BPE vocabulary {result['vocab']:,}, tokenizer.train_max_bytes {result['train_max_bytes']:,}, "
+               f"BPE vocabulary {result['vocab']:,}, "
+               f"tokenizer.train_max_bytes {result['train_max_bytes']:,}, "
                f"data.num_proc {result['num_proc']}, tokenizers {m['tokenizers']}; {result['date']}.")
     block = f"{START}\n{caption}\n\n{format_table(result['rows'])}\n{END}"
     before, rest = text.split(START, 1)
@@ -238,7 +240,7 @@ def write_table(doc: Path, result: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--text", type=Path, nargs="*", default=[], help="real text files to draw paragraphs from")
+    ap.add_argument("--text", type=Path, nargs="*", default=[], help="real text files to draw from")
     ap.add_argument("--rows", nargs="+", default=["20MB", "100MB", "100MBx100", "1GB"],
                     help="corpus sizes, e.g. 20MB, 1GB, 100MBx100 (100 files)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_data"), help="corpora and caches go here")

@@ -111,7 +111,7 @@ def pieces_of(document: str | Iterable[str]) -> Iterator[str]:
 
 
 def iter_jsonl(path: Path, text_field: str, errors: str, counts: DecodeCounts) -> Iterator[str]:
-    """The `text_field` string of every non-blank line, read line by line; a malformed line names its number."""
+    """The `text_field` string of every non-blank line, read line by line; a bad line names its number."""
     invalid, at_byte = 0, 0
     with path.open("rb") as f:
         # binary lines end at b"\n" only (str.splitlines would also cut at U+2028, which JSON allows)

@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,16 @@ from albert_gpt.config import Config, TokenizerConfig
 from albert_gpt.data import cache
 from albert_gpt.data.cache import META, TOKENIZER, TokenSplit
 from albert_gpt.data.packing import pack_split
-from albert_gpt.data.sources import hash_file, load_source, source_fingerprint
+from albert_gpt.data.sources import Document, SourceDocs, hash_file, load_source, source_fingerprint
 from albert_gpt.data.splits import SPLITS, make_splits
-from albert_gpt.data.tokenizer import TextTokenizer, build_tokenizer, cut_rule, pretrained_file
+from albert_gpt.data.streaming import stream_items
+from albert_gpt.data.tokenizer import (
+    TextTokenizer,
+    build_tokenizer,
+    cut_rule,
+    pretrained_file,
+    training_sample,
+)
 from albert_gpt.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -30,18 +37,30 @@ log = logging.getLogger(__name__)
 @dataclass
 class PreparedData:
     tokenizer: TextTokenizer
-    splits: dict[str, TokenSplit]  # keys: "train", "val", "test"
+    # keys: "train", "val", "test"; when streaming, "train" is only the head of the training stream
+    # (the unigram reference's counts), val and test the held-out slices
+    splits: dict[str, TokenSplit]
     cache_dir: Path  # this corpus's cache entry
     stats: dict[str, Any]
+    stream: TrainStream | None = None  # data.streaming: where training windows come from
+
+
+@dataclass
+class TrainStream:
+    documents: Iterable[Document]  # the training documents, re-iterable, read lazily
+    skip_items: int  # stream items (pieces) at its head held out for val / test
 
 
 def pipeline_spec(cfg: Config) -> dict[str, Any]:
     d = cfg.data
-    return {
+    spec = {
         "source": source_fingerprint(d),
         "held_out": {"val_fraction": d.val_fraction, "test_fraction": d.test_fraction},
         "tokenizer": tokenizer_fingerprint(cfg.tokenizer),
     }
+    if d.streaming:  # an entry of the stream's head (tokenizer, held-out slices), not of the whole corpus
+        spec["stream"] = {"holdout_tokens": d.stream_holdout_tokens}
+    return spec
 
 
 def tokenizer_fingerprint(t: TokenizerConfig) -> dict[str, Any]:
@@ -61,18 +80,25 @@ def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
     entry = root / fp
     meta = cache.read_entry(entry, fp)
     cached = meta is not None
+    source = None
     if meta is None:
         log.info("building token cache %s", entry)
+        source = load_source(cfg.data, cut_rule(cfg.tokenizer))
+        build = _build_stream_head if cfg.data.streaming else _build
         with _progress_bars(progress), cache.building_entry(root, fp) as tmp:
-            cache.write_json_atomic(tmp / META, _build(cfg, tmp, fp, progress))
+            cache.write_json_atomic(tmp / META, build(cfg, source, tmp, fp, progress))
         meta = cache.read_entry(entry, fp)
         if meta is None:
             raise DataError(f"token cache {entry} is incomplete right after building it")
     tokenizer = TextTokenizer.load(entry / TOKENIZER, eot_token=meta["eot_token"])
     splits = {name: cache.open_split(entry, name, meta) for name in SPLITS}
+    stream = None
+    if cfg.data.streaming:
+        source = source or load_source(cfg.data, cut_rule(cfg.tokenizer))
+        stream = TrainStream(source.splits["train"], meta["stream"]["skip_items"])
     seconds = time.perf_counter() - start
     stats = {**meta["stats"], "cached": cached, "cache_path": str(entry), "seconds": seconds}
-    return PreparedData(tokenizer, splits, entry, stats)
+    return PreparedData(tokenizer, splits, entry, stats, stream)
 
 
 # A run directory's record of where its token cache is (an absolute path), so evaluation finds its splits
@@ -111,10 +137,9 @@ def open_entry(entry: Path) -> PreparedData | None:
     return PreparedData(tokenizer, splits, entry, {**meta["stats"], "cached": True, "cache_path": str(entry)})
 
 
-def _build(cfg: Config, out: Path, fp: str, progress: bool) -> dict[str, Any]:
+def _build(cfg: Config, source: SourceDocs, out: Path, fp: str, progress: bool) -> dict[str, Any]:
     """Fill `out` with tokenizer.json and the split files; return the metadata to write last."""
     d = cfg.data
-    source = load_source(d, cut_rule(cfg.tokenizer))
     for note in source.notes:
         log.info("%s", note)
     splits = make_splits(source, d.val_fraction, d.test_fraction)
@@ -125,11 +150,21 @@ def _build(cfg: Config, out: Path, fp: str, progress: bool) -> dict[str, Any]:
     tokenizer = build_tokenizer(cfg.tokenizer, splits.documents["train"], progress, train_bytes)
     tokenizer.save(out / TOKENIZER)
     t1 = time.perf_counter()
+    per_split = _pack_splits(splits.documents, tokenizer, out, not d.join_rows, progress, source.description)
+    t2 = time.perf_counter()
+    if source.invalid_utf8:
+        log.warning("%s: %d invalid UTF-8 sequences replaced by U+FFFD", source.description,
+                    source.invalid_utf8)
+    return _meta(cfg, source, splits.method, tokenizer, per_split, t1 - t0, t2 - t1, fp)
+
+
+def _pack_splits(documents: dict[str, Iterable[Document]], tokenizer: TextTokenizer, out: Path,
+                 separate: bool, progress: bool, description: str) -> dict[str, dict[str, Any]]:
     dtype = cache.token_dtype(tokenizer.vocab_size)
     per_split = {}
     for name in SPLITS:
-        counts = pack_split(splits.documents[name], tokenizer, out / f"{name}.bin", dtype,
-                            separate=not d.join_rows, desc=f"tokenizing {name}", progress=progress)
+        counts = pack_split(documents[name], tokenizer, out / f"{name}.bin", dtype,
+                            separate=separate, desc=f"tokenizing {name}", progress=progress)
         record = cache.split_record(out / f"{name}.bin", dtype)
         if record["max_id"] >= tokenizer.vocab_size:
             raise DataError(f"tokenizing {name}: id {record['max_id']} is outside the tokenizer's "
@@ -137,21 +172,86 @@ def _build(cfg: Config, out: Path, fp: str, progress: bool) -> dict[str, Any]:
         per_split[name] = {"documents": counts.n_documents, "characters": counts.n_chars,
                            "bytes": counts.n_bytes, "tokens": counts.tokens, **record}
         if name == "train" and counts.tokens == 0:
-            raise DataError(f"empty corpus: {source.description} has no text in its training split")
-    t2 = time.perf_counter()
-    if source.invalid_utf8:
-        log.warning("%s: %d invalid UTF-8 sequences replaced by U+FFFD", source.description,
-                    source.invalid_utf8)
+            raise DataError(f"empty corpus: {description} has no text in its training split")
+    return per_split
+
+
+def _meta(cfg: Config, source: SourceDocs, method: str, tokenizer: TextTokenizer, per_split: dict[str, Any],
+          tokenizer_seconds: float, tokenize_seconds: float, fp: str, **extra: Any) -> dict[str, Any]:
+    """meta.json: what the entry holds, and the statistics `albert-gpt prepare` prints."""
+    dtype = cache.token_dtype(tokenizer.vocab_size)
     n_tokens = sum(s["tokens"] for s in per_split.values())
     stats = {
-        "source": source.description, "split_method": splits.method, "tokenizer": cfg.tokenizer.type,
+        "source": source.description, "split_method": method, "tokenizer": cfg.tokenizer.type,
         "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "invalid_utf8": source.invalid_utf8,
-        "splits": per_split, "tokenizer_seconds": t1 - t0, "tokenize_seconds": t2 - t1,
-        "tokens_per_second": n_tokens / max(t2 - t1, 1e-9), "fingerprint": fp,
+        "splits": per_split, "tokenizer_seconds": tokenizer_seconds, "tokenize_seconds": tokenize_seconds,
+        "tokens_per_second": n_tokens / max(tokenize_seconds, 1e-9), "fingerprint": fp,
     }
     return {"fingerprint": fp, "pipeline_version": cache.PIPELINE_VERSION, "dtype": dtype.name,
             "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, "eot_token": tokenizer.eot_token,
-            "splits": per_split, "stats": stats}
+            "splits": per_split, "stats": stats, **extra}
+
+
+def _build_stream_head(cfg: Config, source: SourceDocs, out: Path, fp: str, progress: bool) -> dict[str, Any]:
+    """The entry of a streamed corpus: the tokenizer (trained on the stream's first
+    tokenizer.train_max_bytes), the held-out slices and the head of the training stream.
+
+    val / test are the source's own splits' first data.stream_holdout_tokens tokens, else the first
+    items of the training stream, which training then skips; "train" holds the next
+    stream_holdout_tokens tokens, what training reads first (the unigram reference's counts).
+    Everything is read from the head of the stream: the time taken does not grow with the corpus.
+    """
+    d = cfg.data
+    t0 = time.perf_counter()
+    train_docs = source.splits["train"]
+    head = training_sample(train_docs, cfg.tokenizer.train_max_bytes, None)
+    tokenizer = build_tokenizer(cfg.tokenizer, head, progress)
+    tokenizer.save(out / TOKENIZER)
+    t1 = time.perf_counter()
+    n = d.stream_holdout_tokens
+    train_items = stream_items(train_docs)
+    skip = 0
+    slices: dict[str, list[list[str]]] = {}
+    wanted = {"val": d.val_fraction > 0, "test": d.test_fraction > 0}
+    for name in ("val", "test"):
+        if name in source.splits:
+            slices[name] = _as_documents(_take(stream_items(source.splits[name]), tokenizer, n))
+        elif wanted[name]:
+            taken = _take(train_items, tokenizer, n)
+            skip += len(taken)
+            slices[name] = _as_documents(taken)
+        else:
+            slices[name] = []
+    slices["train"] = _as_documents(_take(train_items, tokenizer, n))
+    per_split = _pack_splits(slices, tokenizer, out, not d.join_rows, progress, source.description)
+    t2 = time.perf_counter()
+    carved = [name for name in ("val", "test") if name not in source.splits and wanted[name]]
+    method = (f"streamed: {', '.join(carved) or 'nothing'} held out from the head of the stream "
+              f"({n:,} tokens each, {skip:,} items skipped by training)")
+    return _meta(cfg, source, method, tokenizer, per_split, t1 - t0, t2 - t1, fp, stream={"skip_items": skip})
+
+
+def _take(items: Iterator[tuple[str, bool]], tokenizer: TextTokenizer, n_tokens: int
+          ) -> list[tuple[str, bool]]:
+    """Whole items from `items` until they hold at least n_tokens tokens (fewer when it ends)."""
+    taken, count = [], 0
+    while count < n_tokens:
+        item = next(items, None)
+        if item is None:
+            break
+        taken.append(item)
+        count += len(tokenizer.encode_arrays([item[0]])[0]) + 1
+    return taken
+
+
+def _as_documents(items: list[tuple[str, bool]]) -> list[list[str]]:
+    """Items regrouped as documents (lists of pieces): a new one at each item that starts a document."""
+    docs: list[list[str]] = []
+    for text, starts in items:
+        if starts or not docs:
+            docs.append([])
+        docs[-1].append(text)
+    return docs
 
 
 def check_split_sizes(prepared: PreparedData, block_size: int,

@@ -96,7 +96,8 @@ def batch_source(sampler: RandomWindowSampler, accum_steps: int, start_step: int
     On the CPU the batch share of a step is under 1% (docs/performance.md) and a thread would
     take its time from the same cores the step runs on.
     """
-    if device.type != "cuda":
+    if device.type != "cuda" or getattr(sampler, "sequential", False):
+        # a stream's batches come in order and its saved position must be the consumer's
         yield sampler.batch
         return
     with BatchPrefetcher(sampler, accum_steps, start_step, end_step, pin=True) as prefetcher:

@@ -38,8 +38,8 @@ def decode_utf8(raw: bytes, source: Path | str, errors: str, strip_bom: bool = T
         except UnicodeDecodeError as exc:
             line = at_line + raw.count(b"\n", 0, exc.start)
             raise DataError(
-                f"{source}: invalid UTF-8 at byte {at_byte + exc.start} (line {line}); data.encoding_errors is "
-                "strict (set it to replace to substitute U+FFFD)"
+                f"{source}: invalid UTF-8 at byte {at_byte + exc.start} (line {line}); "
+                "data.encoding_errors is strict (set it to replace to substitute U+FFFD)"
             ) from None
         invalid = 0
     else:

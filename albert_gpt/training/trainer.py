@@ -3,7 +3,8 @@
 The loop is a sequence of small steps: build everything once (`build_run`), restore a
 checkpoint when resuming, then per optimizer step `train_step`, and at intervals log,
 evaluate and checkpoint. Batches are a pure function of (seed, step), so resuming needs
-only the step, the weights, the optimizer state and the RNG states.
+only the step, the weights, the optimizer state and the RNG states (and, when streaming, the
+stream's position, which is saved with them).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from albert_gpt.training.unigram import unigram_perplexity
 if TYPE_CHECKING:  # imported for real inside build_run: the data stack pulls in `datasets`
     from albert_gpt.data.batches import RandomWindowSampler
     from albert_gpt.data.pipeline import PreparedData
+    from albert_gpt.data.streaming import StreamBatches
 
 log = logging.getLogger("albert_gpt")
 
@@ -70,7 +72,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     data: PreparedData
-    sampler: RandomWindowSampler
+    sampler: RandomWindowSampler | StreamBatches
     total: int  # optimizer steps of the whole run
     tokens_per_step: int  # global: all ranks together
     unigram_ppl: float
@@ -166,7 +168,6 @@ def _open_metrics(run: Run, resume_step: int | None, callbacks: Sequence[Trainin
 
 def build_run(cfg: Config, resume: bool, info: DistInfo | None = None) -> Run:
     """Device, data, model, optimizer and run directory for `cfg` (`info`: this rank under torchrun)."""
-    from albert_gpt.data.batches import RandomWindowSampler
     from albert_gpt.data.pipeline import check_split_sizes, format_stats, prepare_data
 
     info = info or DistInfo(device=resolve_device(cfg.run))
@@ -199,8 +200,7 @@ def build_run(cfg: Config, resume: bool, info: DistInfo | None = None) -> Run:
              ", torch.compile" if cfg.run.compile else "", run_dir)
     t = cfg.train
     train_tokens = data.splits["train"].tokens
-    sampler = RandomWindowSampler(train_tokens, cfg.model.block_size, t.batch_size, cfg.run.seed,
-                                  info.rank, info.world_size)
+    sampler = _sampler(cfg, data, info)
     unigram = unigram_perplexity(train_tokens, data.splits["val"].tokens, vocab)
     if info.distributed:
         log.info("torchrun: %d processes, %s, %d sequences per rank per micro-step", info.world_size,
@@ -216,6 +216,22 @@ def build_run(cfg: Config, resume: bool, info: DistInfo | None = None) -> Run:
         tokens_per_step=t.batch_size * t.grad_accum_steps * cfg.model.block_size * info.world_size,
         unigram_ppl=unigram, dist=info,
     )
+
+
+def _sampler(cfg: Config, data: PreparedData, info: DistInfo) -> RandomWindowSampler | StreamBatches:
+    """Random windows of the token cache, or (data.streaming) the next windows of the training stream."""
+    from albert_gpt.data.batches import RandomWindowSampler
+    from albert_gpt.data.streaming import StreamBatches, TokenWindowStream
+
+    t, block = cfg.train, cfg.model.block_size
+    if data.stream is None:
+        return RandomWindowSampler(data.splits["train"].tokens, block, t.batch_size, cfg.run.seed,
+                                   info.rank, info.world_size)
+    documents = data.stream.documents
+    stream = TokenWindowStream(lambda: documents, data.tokenizer, block, cfg.run.seed,
+                               cfg.data.shuffle_buffer, separate=not cfg.data.join_rows,
+                               skip_items=data.stream.skip_items)
+    return StreamBatches(stream, t.batch_size, info.rank, info.world_size)
 
 
 def restore(run: Run, path: Path, guard: NonFiniteGuard, meter: IntervalMeter) -> State:
@@ -234,6 +250,12 @@ def restore(run: Run, path: Path, guard: NonFiniteGuard, meter: IntervalMeter) -
     guard.total, guard.in_a_row = train_state["skipped_total"], train_state["skipped_in_a_row"]
     meter.load_state_dict(train_state["meter"])
     ckpt.restore_rng_state(dist_checkpoint.rank_rng_state(train_state, run.dist))
+    if hasattr(run.sampler, "load_state_dict"):  # a stream: its position is not a function of the step
+        stream_state = train_state.get("sampler", {}).get("stream")
+        if stream_state is None:
+            raise CheckpointError(f"{path}: no stream position (it was not written by a streaming run); "
+                                  "resume with data.streaming: false")
+        run.sampler.load_state_dict(stream_state)
     log.info("resumed from %s (step %d, %s tokens seen)", path, train_state["step"],
              f"{train_state['tokens']:,}")
     return State(step=train_state["step"], tokens=train_state["tokens"],
@@ -358,6 +380,8 @@ def _checkpoint(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMe
         "schedule": {"name": cfg.train.schedule, "total_steps": run.total},
         "sampler": {"seed": cfg.run.seed, "next_step": state.step},
     }
+    if hasattr(run.sampler, "state_dict"):  # a stream: where it stands, for an exact resume
+        train_state["sampler"]["stream"] = run.sampler.state_dict()
     # Collectives first (every rank takes part), then rank 0 writes; the broadcast of the path
     # holds the other ranks until the checkpoint is complete.
     train_state.update(dist_checkpoint.rank_train_state(train_state["rng"], run.dist))
