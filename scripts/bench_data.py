@@ -15,6 +15,11 @@ together) is sampled every 50 ms:
          writing them to a file; no splits, no checks, no cache
 
 --write puts the table between the data-table markers of docs/performance.md.
+
+With --stream, each row instead times `albert-gpt train` of a small model for one step with
+data.streaming: true on that corpus, cold (the stream's head entry built: BPE trained on its first
+train_max_bytes, held-out slices encoded) and warm (the entry reused): an upper bound on the time to
+the first step, which should not grow with the corpus (table between the stream-table markers).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = os.sysconf("SC_PAGE_SIZE")
 START, END = "<!-- data-table:start -->", "<!-- data-table:end -->"
+STREAM_START, STREAM_END = "<!-- stream-table:start -->", "<!-- stream-table:end -->"
 EOT = "<|endoftext|>"
 
 
@@ -173,7 +179,7 @@ def run_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dict:
     shutil.rmtree(cache, ignore_errors=True)
     cfg = args.work / f"{spec}.yaml"
     cfg.write_text(
-        f"data: {{source: files, path: {corpus}, cache_dir: {cache}, num_proc: {args.num_proc}}}\n"
+        f"data: {{source: files, path: {corpus}, cache_dir: {cache}}}\n"
         f"tokenizer: {{type: bpe, vocab_size: {args.vocab}, train_max_bytes: {args.train_max_bytes}}}\n"
         "log: {progress: false}\n"
     )
@@ -205,6 +211,39 @@ def run_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dict:
     return row
 
 
+def run_stream_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dict:
+    size, n_files = parse_row(spec)
+    corpus = build_corpus(args.work / "corpora" / spec, size, n_files, paras)
+    nbytes = sum(p.stat().st_size for p in corpus.glob("*.txt"))
+    cache = args.work / "stream_cache" / spec
+    shutil.rmtree(cache, ignore_errors=True)
+    cfg = args.work / f"stream_{spec}.yaml"
+    cfg.write_text(
+        f"run: {{name: stream_{spec}, out_dir: {args.work / 'runs'}, overwrite: true, device: cpu}}\n"
+        f"data: {{source: files, path: {corpus}, cache_dir: {cache}, streaming: true}}\n"
+        f"tokenizer: {{type: bpe, vocab_size: {args.vocab}, train_max_bytes: {args.train_max_bytes}}}\n"
+        "model: {n_layers: 2, n_embd: 64, n_heads: 2, block_size: 64}\n"
+        "train: {batch_size: 8, max_steps: 1, warmup_steps: 0, checkpoint_interval: 0}\n"
+        "eval: {batches: 1, sample_tokens: 0}\nlog: {progress: false}\n"
+    )
+    command = [sys.executable, "-m", "albert_gpt", "train", str(cfg)]
+    cold, warm = measure(command), measure(command)
+    row = {"row": spec, "bytes": nbytes, "files": n_files, "cold_s": cold["seconds"],
+           "cold_rss_mb": cold["peak_rss_mb"], "warm_s": warm["seconds"], "warm_rss_mb": warm["peak_rss_mb"]}
+    print(format_stream_table([row]).splitlines()[-1], flush=True)
+    return row
+
+
+def format_stream_table(rows: list[dict]) -> str:
+    lines = ["| corpus | first run: s to the end of step 1 | its peak RSS | again (head cached): s "
+             "| its peak RSS |", "|" + "---|" * 5]
+    for r in rows:
+        files = f", {r['files']} files" if r["files"] > 1 else ""
+        lines.append(f"| {r['bytes'] / 1e6:,.0f} MB{files} | {r['cold_s']:.1f} | {r['cold_rss_mb']:,.0f} MB "
+                     f"| {r['warm_s']:.1f} | {r['warm_rss_mb']:,.0f} MB |")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict]) -> str:
     head = ("| corpus | tokens | cold s (BPE + encode) | cold peak RSS | warm s | warm RSS "
             "| raw s (BPE + encode) | raw peak RSS | encode tok/s: pipeline / raw | speed vs raw (cold) |")
@@ -223,18 +262,20 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_table(doc: Path, result: dict) -> None:
+def write_table(doc: Path, result: dict, stream: bool) -> None:
+    start, end = (STREAM_START, STREAM_END) if stream else (START, END)
     text = doc.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise SystemExit(f"{doc}: no {START} ... {END} markers")
+    if start not in text or end not in text:
+        raise SystemExit(f"{doc}: no {start} ... {end} markers")
     m = result["machine"]
-    caption = (f"Measured by `scripts/bench_data.py` on {m['cpus']} cores ({m['processor']}), "
-               f"BPE vocabulary {result['vocab']:,}, "
+    caption = (f"Measured by `scripts/bench_data.py{' --stream' if stream else ''}` on {m['cpus']} cores "
+               f"({m['processor']}), BPE vocabulary {result['vocab']:,}, "
                f"tokenizer.train_max_bytes {result['train_max_bytes']:,}, "
-               f"data.num_proc {result['num_proc']}, tokenizers {m['tokenizers']}; {result['date']}.")
-    block = f"{START}\n{caption}\n\n{format_table(result['rows'])}\n{END}"
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
+               f"tokenizers {m['tokenizers']}; {result['date']}.")
+    table = format_stream_table(result["rows"]) if stream else format_table(result["rows"])
+    block = f"{start}\n{caption}\n\n{table}\n{end}"
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
     doc.write_text(before + block + after, encoding="utf-8")
 
 
@@ -246,25 +287,25 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_data"), help="corpora and caches go here")
     ap.add_argument("--vocab", type=int, default=32768, help="BPE vocabulary size")
     ap.add_argument("--train-max-bytes", type=int, default=200_000_000, help="tokenizer.train_max_bytes")
-    ap.add_argument("--num-proc", type=int, default=1, help="data.num_proc")
+    ap.add_argument("--stream", action="store_true", help="time a streamed run's first step instead")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here")
     ap.add_argument("--write", action="store_true", help="write the table into docs/performance.md")
     args = ap.parse_args()
     import tokenizers
 
     paras = paragraphs(args.text)
-    rows = [run_row(spec, args, paras) for spec in args.rows]
+    rows = [(run_stream_row if args.stream else run_row)(spec, args, paras) for spec in args.rows]
     result = {
-        "rows": rows, "vocab": args.vocab, "train_max_bytes": args.train_max_bytes, "num_proc": args.num_proc,
+        "rows": rows, "vocab": args.vocab, "train_max_bytes": args.train_max_bytes,
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "tokenizers": tokenizers.__version__},
     }
-    print(format_table(rows))
+    print(format_stream_table(rows) if args.stream else format_table(rows))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if args.write:
-        write_table(ROOT / "docs" / "performance.md", result)
+        write_table(ROOT / "docs" / "performance.md", result, args.stream)
 
 
 if __name__ == "__main__":

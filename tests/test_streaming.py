@@ -175,3 +175,30 @@ def test_held_out_slices_come_first_and_training_skips_them(tmp_path):
     assert numbers["val"] == list(range(len(numbers["val"])))
     assert numbers["test"][0] == len(numbers["val"])
     assert numbers["train"][0] == numbers["test"][-1] + 1 == prepared.stream.skip_items
+
+
+def test_hub_stream_takes_val_from_its_own_split(tmp_path, monkeypatch):
+    """A datasets stream (a local folder of JSON Lines loaded by `datasets` with streaming=True): val is the
+    head of its validation split, training skips nothing of its train split, and the run trains."""
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    root = tmp_path / "hubcopy"
+    root.mkdir()
+    (root / "train.jsonl").write_text("".join(json.dumps({"text": f"the cat sat {i}."}) + "\n"
+                                              for i in range(400)), encoding="utf-8")
+    (root / "validation.jsonl").write_text("".join(json.dumps({"text": f"held out {i}."}) + "\n"
+                                                   for i in range(100)), encoding="utf-8")
+    cfg = stream_config(tmp_path, data={"source": "hub", "path": str(root), "test_split": None},
+                        train={"max_steps": 3, "checkpoint_interval": 0}, eval={"interval": 3})
+    result = train(cfg)
+    assert result["step"] == 3 and np.isfinite(result["val_loss"])
+    prepared = prepare_data(cfg, progress=False)
+    tok = prepared.tokenizer
+    val = tok.decode(prepared.splits["val"].tokens).split(tok.eot_token)
+    assert val[0] == "held out 0." and all(text.startswith("held out") for text in val)
+    assert prepared.stream.skip_items == 0
+    assert tok.decode(prepared.splits["train"].tokens).startswith("the cat sat 0.")

@@ -105,6 +105,11 @@ def source_fingerprint(data: DataConfig) -> dict[str, Any]:
     }
     if data.source == "builtin":
         spec["content"] = _hash_texts(builtin_documents())
+    elif data.source == "files" and data.streaming:
+        # a stream starts without reading the corpus through: files are known by size and modification
+        # time, not by a hash of their whole content
+        spec["files"] = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns]
+                         for f in list_files(data.path or "")]
     elif data.source == "files":
         spec["files"] = [[str(f.resolve()), hash_file(f)] for f in list_files(data.path or "")]
     elif data.source == "url":
