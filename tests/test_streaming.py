@@ -188,17 +188,18 @@ def test_hub_stream_takes_val_from_its_own_split(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     root = tmp_path / "hubcopy"
     root.mkdir()
-    (root / "train.jsonl").write_text("".join(json.dumps({"text": f"the cat sat {i}."}) + "\n"
+    (root / "train.jsonl").write_text("".join(json.dumps({"text": f"the cat sat on a mat {i}."}) + "\n"
                                               for i in range(400)), encoding="utf-8")
-    (root / "validation.jsonl").write_text("".join(json.dumps({"text": f"held out {i}."}) + "\n"
+    (root / "validation.jsonl").write_text("".join(json.dumps({"text": f"a hat at the mat {i}."}) + "\n"
                                                    for i in range(100)), encoding="utf-8")
-    cfg = stream_config(tmp_path, data={"source": "hub", "path": str(root), "test_split": None},
+    cfg = stream_config(tmp_path, data={"source": "hub", "path": str(root), "test_split": None,
+                                              "test_fraction": 0.0},
                         train={"max_steps": 3, "checkpoint_interval": 0}, eval={"interval": 3})
     result = train(cfg)
     assert result["step"] == 3 and np.isfinite(result["val_loss"])
     prepared = prepare_data(cfg, progress=False)
     tok = prepared.tokenizer
     val = tok.decode(prepared.splits["val"].tokens).split(tok.eot_token)
-    assert val[0] == "held out 0." and all(text.startswith("held out") for text in val)
+    assert val[0] == "a hat at the mat 0." and all(text.startswith("a hat") for text in val)
     assert prepared.stream.skip_items == 0
-    assert tok.decode(prepared.splits["train"].tokens).startswith("the cat sat 0.")
+    assert tok.decode(prepared.splits["train"].tokens).startswith("the cat sat on a mat 0.")
