@@ -1,4 +1,4 @@
-"""Turning bytes on disk into document text: BOM, invalid UTF-8, JSON Lines.
+"""Turning bytes on disk into document text: BOM and invalid UTF-8 (documents.py reads the files).
 
 Invalid UTF-8 follows `data.encoding_errors`: `replace` substitutes U+FFFD and counts the
 substitutions (the pipeline reports the total); `strict` refuses with the file and byte offset.
@@ -6,7 +6,6 @@ substitutions (the pipeline reports the total); `strict` refuses with the file a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,33 +45,3 @@ def decode_utf8(raw: bytes, source: Path | str, errors: str, strip_bom: bool = T
         text = raw.decode("utf-8", errors="replace")
         invalid = text.count(REPLACEMENT) - raw.count(_REPLACEMENT_BYTES)
     return Decoded(text.removeprefix(BOM) if strip_bom else text, invalid)
-
-
-def read_text_file(path: Path, errors: str) -> Decoded:
-    return decode_utf8(path.read_bytes(), path, errors)
-
-
-def read_jsonl(path: Path, text_field: str, errors: str) -> tuple[list[str], int]:
-    """The `text_field` string of every non-blank line; a malformed line names file and line."""
-    decoded = read_text_file(path, errors)
-    documents = []
-    # split on "\n" only: str.splitlines would also cut at U+2028, which JSON allows inside strings
-    for number, line in enumerate(decoded.text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        if text_field not in record:
-            raise DataError(
-                f"{path}:{number}: no {text_field!r} field (data.text_field; fields here: "
-                f"{', '.join(sorted(record)) or 'none'})"
-            )
-        text = record[text_field]
-        if not isinstance(text, str):
-            raise DataError(f"{path}:{number}: field {text_field!r} is {type(text).__name__}, not a string")
-        documents.append(text)
-    return documents, decoded.invalid
