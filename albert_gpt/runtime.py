@@ -61,3 +61,31 @@ def seed_everything(seed: int) -> None:
 def set_threads(run: RunConfig) -> None:
     if run.threads > 0:
         torch.set_num_threads(run.threads)
+
+
+def machine_info(device: torch.device) -> dict[str, object]:
+    """What a measurement ran on: processor (and GPU), cores, threads, Python, torch."""
+    import os
+    import platform
+
+    info: dict[str, object] = {
+        "cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+        "cpu_bf16": cpu_has_fast_bf16(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

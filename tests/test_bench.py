@@ -236,6 +236,13 @@ def test_bench_command_synthetic_without_datasets(tmp_path):
     assert rows[0]["speedup"] == 1.0
     assert "model.n_groups=3" in out.stdout.splitlines()[2]
     assert json.loads(json_out.read_text()) == rows
+    import torch
+
+    for row, value in zip(rows, ("1", "3")):  # what ran, on what: enough to reproduce the row
+        assert row["torch_version"] == torch.__version__ and row["machine"]["torch"] == torch.__version__
+        assert row["machine"]["logical_cpus"] == os.cpu_count() and row["machine"]["cpu"]
+        assert row["settings"]["overrides"] == [f"model.n_groups={value}"]
+        assert row["settings"]["config"] == str(config) and row["settings"]["steps"] == 2
 
 
 def test_bench_command_refuses_bad_step_counts(tmp_path, capsys):

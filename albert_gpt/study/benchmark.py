@@ -28,7 +28,7 @@ from albert_gpt.errors import ConfigError
 from albert_gpt.modeling.base import CausalLM
 from albert_gpt.modeling.counting import flops_per_token
 from albert_gpt.modeling.factory import build_model
-from albert_gpt.runtime import autocast, resolve_device, resolve_dtype, seed_everything
+from albert_gpt.runtime import autocast, machine_info, resolve_device, resolve_dtype, seed_everything
 from albert_gpt.study.info import resolve_vocab
 from albert_gpt.training.optim import build_optimizer, lr_at, set_lr
 from albert_gpt.training.step import train_step
@@ -349,6 +349,12 @@ def benchmark(config: str, overrides: list[str], compare: list[str], steps: int,
             peaks[key] = device_peak(v.device, v.dtype)
         rows.append(summarize(v, *peaks[key]))
     add_ratios(rows)
+    machine = machine_info(built[0].device)
+    for row, (_, extra) in zip(rows, specs):
+        row["machine"] = machine
+        row["torch_version"] = torch.__version__
+        row["settings"] = {"config": str(config), "overrides": [*overrides, *extra], "steps": steps,
+                           "warmup": warmup, "synthetic": synthetic}
     return rows
 
 
