@@ -171,12 +171,18 @@ print(f"RAW train_s={t1 - t0:.3f} encode_s={t2 - t1:.3f} tokens={n}")
 """
 
 
-def run_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dict:
+def row_setup(spec: str, args: argparse.Namespace, paras: list[str], kind: str) -> tuple[dict, Path, Path]:
+    """The row's corpus (built once), an emptied cache folder for it, and the row's first fields."""
     size, n_files = parse_row(spec)
     corpus = build_corpus(args.work / "corpora" / spec, size, n_files, paras)
     nbytes = sum(p.stat().st_size for p in corpus.glob("*.txt"))
-    cache = args.work / "cache" / spec
+    cache = args.work / kind / spec
     shutil.rmtree(cache, ignore_errors=True)
+    return {"row": spec, "bytes": nbytes, "files": n_files}, corpus, cache
+
+
+def run_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dict:
+    row, corpus, cache = row_setup(spec, args, paras, "cache")
     cfg = args.work / f"{spec}.yaml"
     cfg.write_text(
         f"data: {{source: files, path: {corpus}, cache_dir: {cache}}}\n"
@@ -184,7 +190,6 @@ def run_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dict:
         "log: {progress: false}\n"
     )
     prepare = [sys.executable, "-m", "albert_gpt", "prepare", str(cfg)]
-    row: dict = {"row": spec, "bytes": nbytes, "files": n_files}
     cold = measure(prepare)
     warm = measure(prepare)
     meta = json.loads(next(cache.glob("*/meta.json")).read_text())
@@ -212,11 +217,7 @@ def run_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dict:
 
 
 def run_stream_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dict:
-    size, n_files = parse_row(spec)
-    corpus = build_corpus(args.work / "corpora" / spec, size, n_files, paras)
-    nbytes = sum(p.stat().st_size for p in corpus.glob("*.txt"))
-    cache = args.work / "stream_cache" / spec
-    shutil.rmtree(cache, ignore_errors=True)
+    row, corpus, cache = row_setup(spec, args, paras, "stream_cache")
     cfg = args.work / f"stream_{spec}.yaml"
     cfg.write_text(
         f"run: {{name: stream_{spec}, out_dir: {args.work / 'runs'}, overwrite: true, device: cpu}}\n"
@@ -228,8 +229,8 @@ def run_stream_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dic
     )
     command = [sys.executable, "-m", "albert_gpt", "train", str(cfg)]
     cold, warm = measure(command), measure(command)
-    row = {"row": spec, "bytes": nbytes, "files": n_files, "cold_s": cold["seconds"],
-           "cold_rss_mb": cold["peak_rss_mb"], "warm_s": warm["seconds"], "warm_rss_mb": warm["peak_rss_mb"]}
+    row.update(cold_s=cold["seconds"], cold_rss_mb=cold["peak_rss_mb"], warm_s=warm["seconds"],
+               warm_rss_mb=warm["peak_rss_mb"])
     print(format_stream_table([row]).splitlines()[-1], flush=True)
     return row
 

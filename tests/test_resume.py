@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 import yaml
-from train_utils import tiny_config, tiny_raw
+from train_utils import stop_at, tiny_config, tiny_raw
 
 from albert_gpt.checkpoint import find_latest, load_checkpoint
 from albert_gpt.cli import main
@@ -24,15 +24,7 @@ SECTIONS = dict(model={"dropout": 0.1}, train={"max_steps": 12, "checkpoint_inte
 
 
 def _stop_at(monkeypatch, step: int) -> None:
-    """Deliver a real SIGTERM to this process while the batch of step `step` (1-based) is drawn."""
-    original = RandomWindowSampler.batch
-
-    def batch(self, index, micro_step=0):
-        if index == step - 1 and micro_step == 0:
-            signal.raise_signal(signal.SIGTERM)
-        return original(self, index, micro_step)
-
-    monkeypatch.setattr(RandomWindowSampler, "batch", batch)
+    stop_at(monkeypatch, RandomWindowSampler, step)
 
 
 def _final(run_dir):

@@ -4,12 +4,11 @@ held-out slices from the head; training starts without reading the corpus to its
 from __future__ import annotations
 
 import json
-import signal
 
 import numpy as np
 import pytest
 import torch
-from train_utils import tiny_config, write_corpus
+from train_utils import stop_at, tiny_config, write_corpus
 
 from albert_gpt.checkpoint import find_latest, load_checkpoint
 from albert_gpt.data import documents, streaming
@@ -101,17 +100,6 @@ def test_stream_state_resumes_exactly_across_epochs(tmp_path):
     assert first.stream.epoch >= 2
 
 
-def _stop_at(monkeypatch, step):
-    original = StreamBatches.batch
-
-    def batch(self, index, micro_step=0):
-        if index == step - 1 and micro_step == 0:
-            signal.raise_signal(signal.SIGTERM)
-        return original(self, index, micro_step)
-
-    monkeypatch.setattr(StreamBatches, "batch", batch)
-
-
 def test_streaming_training_resumes_bit_identically(tmp_path, monkeypatch):
     """12 steps streamed straight, and 6 + SIGTERM + 6 resumed: equal weights, losses and val losses. The
     corpus is short and read in 100-byte pieces, so the stream wraps around and the buffer is mid-way."""
@@ -122,7 +110,7 @@ def test_streaming_training_resumes_bit_identically(tmp_path, monkeypatch):
         write_corpus(tmp_path / where, n_lines=20)
     straight = train(stream_config(tmp_path / "a", **sections))
     with monkeypatch.context() as m:
-        _stop_at(m, 6)
+        stop_at(m, StreamBatches, 6)
         first = train(stream_config(tmp_path / "b", **sections))
     assert first["interrupted"] == "SIGTERM" and first["step"] == 6
     _, saved, _ = load_checkpoint(find_latest(tmp_path / "b" / "runs" / "tiny"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +54,16 @@ def write_config(tmp_path: Path, **sections: dict[str, Any]) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(tiny_raw(tmp_path, **sections)), encoding="utf-8")
     return path
+
+
+def stop_at(monkeypatch, sampler_class: type, step: int) -> None:
+    """Deliver a real SIGTERM to this process while the batch of step `step` (1-based) is drawn from
+    `sampler_class` (RandomWindowSampler, or StreamBatches when streaming)."""
+    original = sampler_class.batch
+
+    def batch(self, index, micro_step=0):
+        if index == step - 1 and micro_step == 0:
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, index, micro_step)
+
+    monkeypatch.setattr(sampler_class, "batch", batch)
