@@ -185,7 +185,7 @@ class TextTokenizer:
         return cls(backend, eot_token or _guess_eot(backend, spec, path))
 
     # `tokenizers` pickles through its JSON, which drops encode_special_tokens; rebuild through
-    # __init__ so worker processes of datasets.map encode exactly as this process does
+    # __init__ so a copy in another process (a DataLoader worker, a spawned job) encodes exactly as this one
     def __getstate__(self) -> dict:
         return {"json": self.to_json(), "eot_token": self.eot_token, "char": self.kind == "char"}
 
