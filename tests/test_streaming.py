@@ -191,3 +191,10 @@ def test_hub_stream_takes_val_from_its_own_split(tmp_path, monkeypatch):
     assert val[0] == "a hat at the mat 0." and all(text.startswith("a hat") for text in val)
     assert prepared.stream.skip_items == 0
     assert tok.decode(prepared.splits["train"].tokens).startswith("the cat sat on a mat 0.")
+
+
+def test_held_out_slices_that_take_everything_are_a_clear_error(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("hello world\nthis is tiny\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"nothing left to train on .* lower data\.stream_holdout_tokens"):
+        prepare_data(stream_config(tmp_path, data={"path": str(path)}), progress=False)

@@ -223,6 +223,9 @@ def _build_stream_head(cfg: Config, source: SourceDocs, out: Path, fp: str, prog
         else:
             slices[name] = []
     slices["train"] = _as_documents(_take(train_items, tokenizer, n))
+    if not slices["train"]:
+        raise DataError(f"{source.description}: nothing left to train on after the held-out slices "
+                        f"({n:,} tokens each); lower data.stream_holdout_tokens")
     per_split = _pack_splits(slices, tokenizer, out, not d.join_rows, progress, source.description)
     t2 = time.perf_counter()
     carved = [name for name in ("val", "test") if name not in source.splits and wanted[name]]
