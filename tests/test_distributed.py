@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from train_utils import tiny_config, write_config
+from train_utils import tiny_config, write_config, write_corpus
 
 from albert_gpt.checkpoint import find_latest, load_checkpoint, load_for_inference
 from albert_gpt.cli import main
@@ -117,6 +117,20 @@ def test_two_ddp_ranks_match_one_process_with_double_batch(ddp_run, reference):
     """DDP, 2 ranks x B, gradient accumulation: loss curve, val loss, final weights equal 1 x 2B (1e-5)."""
     assert len(_curve(ddp_run, "train/loss")) == STEPS
     _assert_same_training(ddp_run, reference, atol=1e-5)
+
+
+def test_two_ddp_ranks_stream_what_one_process_streams_with_double_batch(tmp_path):
+    """data.streaming under DDP: each rank takes its rows of the global batch of the stream, so 2 ranks x B
+    train as 1 x 2B does (1e-5), held-out slices and all."""
+    lines = write_corpus(tmp_path / "text").read_text(encoding="utf-8").splitlines()
+    corpus = tmp_path / "corpus.jsonl"  # one document a line: a stream of many items
+    corpus.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines), encoding="utf-8")
+    stream = {"path": str(corpus), "streaming": True, "stream_holdout_tokens": 200, "shuffle_buffer": 8}
+    sections = {**SECTIONS, "data": stream}
+    write_config(tmp_path, **sections)
+    single = {**sections, "train": {**SECTIONS["train"], "batch_size": 2 * B}}
+    reference_run = Path(train(tiny_config(tmp_path, **single, run={"name": "single"}))["run_dir"])
+    _assert_same_training(_train_2proc(tmp_path, "ddp", "ddp"), reference_run, atol=1e-5)
 
 
 def test_only_rank_zero_writes_the_run_directory(ddp_run):
