@@ -4,6 +4,7 @@ held-out slices from the head; training starts without reading the corpus to its
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -198,3 +199,39 @@ def test_held_out_slices_that_take_everything_are_a_clear_error(tmp_path):
     path.write_text("hello world\nthis is tiny\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"nothing left to train on .* lower data\.stream_holdout_tokens"):
         prepare_data(stream_config(tmp_path, data={"path": str(path)}), progress=False)
+
+
+def test_a_prefetching_thread_reads_ahead_but_the_saved_position_is_the_used_batches(tmp_path):
+    """On CUDA batches are drawn ahead on a thread: the stream runs ahead of training, yet state_dict is the
+    position after the batches `get` handed out, equal to a stream read without a thread, and resuming from
+    it continues with the same batches (the thread is tested here on the CPU, without pinning)."""
+    from albert_gpt.data.prefetch import BatchPrefetcher
+
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("the cat sat on the mat.\n" * 40, encoding="utf-8")
+    cfg = tiny_config(tmp_path, data={"path": str(corpus), "val_fraction": 0.0, "test_fraction": 0.0})
+    prepared = prepare_data(cfg, progress=False)
+    docs = load_source(cfg.data).splits["train"]
+
+    def make():
+        return StreamBatches(TokenWindowStream(lambda: docs, prepared.tokenizer, 8, seed=3, buffer_size=5), 4)
+
+    ahead, plain = make(), make()
+    with BatchPrefetcher(ahead, accum_steps=2, start_step=0, end_step=20, pin=False, depth=4) as prefetcher:
+        for step in range(6):
+            for micro in range(2):
+                x, _ = prefetcher.get(step, micro)
+                assert torch.equal(x, plain.batch(step, micro)[0])
+        deadline = time.monotonic() + 5
+        while prefetcher._queue.qsize() < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # the thread has drawn 4 batches more than were used: the stream's generator is further on
+        assert ahead.stream.rng.bit_generator.state != plain.stream.rng.bit_generator.state
+        saved = ahead.state_dict()
+    want = plain.state_dict()
+    assert saved["items_read"] == want["items_read"] and saved["epoch"] == want["epoch"]
+    assert torch.equal(saved["carry"], want["carry"]) and torch.equal(saved["buffer"], want["buffer"])
+    resumed = make()
+    resumed.load_state_dict(saved)
+    for step in range(6, 12):
+        assert torch.equal(resumed.batch(step)[0], plain.batch(step)[0])

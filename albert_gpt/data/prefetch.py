@@ -23,8 +23,9 @@ _POLL_S = 0.1  # how often a blocked producer checks whether it was closed
 class BatchPrefetcher:
     """sampler.batch(step, micro) for step = start_step .. end_step - 1, micro = 0 .. accum_steps - 1.
 
-    The sampler is a pure function of (step, micro), so a prefetched batch is exactly the one a
-    synchronous fetch would return; `get` checks that it is asked for them in that order.
+    The sampler is a pure function of (step, micro), or a stream asked in order, so a prefetched
+    batch is exactly the one a synchronous fetch would return; `get` checks that it is asked for them
+    in that order, and tells a stream which of its positions has been used.
     At most `depth` batches wait in the queue. An error while fetching is raised by `get`.
     """
 
@@ -38,13 +39,15 @@ class BatchPrefetcher:
         self._thread.start()
 
     def _produce(self) -> None:
+        # A stream's batches come with its position after them (StreamBatches.batch_with_position).
+        draw = getattr(self._sampler, "batch_with_position", None)
         try:
             for step in range(self._start, self._end):
                 for micro in range(self._accum_steps):
-                    x, y = self._sampler.batch(step, micro)  # (B, T) each
+                    x, y, position = draw(step, micro) if draw else (*self._sampler.batch(step, micro), None)
                     if self._pin:
                         x, y = x.pin_memory(), y.pin_memory()
-                    if not self._put(((step, micro), x, y)):
+                    if not self._put(((step, micro), x, y, position)):
                         return
         except BaseException as exc:  # handed to the consumer, which raises it in its own thread
             self._put(exc)
@@ -66,9 +69,11 @@ class BatchPrefetcher:
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
-        key, x, y = item
+        key, x, y, position = item
         if key != (step, micro):
             raise RuntimeError(f"batches must be taken in order: asked for {(step, micro)}, next is {key}")
+        if position is not None:
+            self._sampler.consumed(position)
         return x, y
 
     def close(self) -> None:
@@ -96,8 +101,7 @@ def batch_source(sampler: RandomWindowSampler, accum_steps: int, start_step: int
     On the CPU the batch share of a step is under 1% (docs/performance.md) and a thread would
     take its time from the same cores the step runs on.
     """
-    if device.type != "cuda" or getattr(sampler, "sequential", False):
-        # a stream's batches come in order and its saved position must be the consumer's
+    if device.type != "cuda":
         yield sampler.batch
         return
     with BatchPrefetcher(sampler, accum_steps, start_step, end_step, pin=True) as prefetcher:

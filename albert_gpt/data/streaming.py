@@ -149,14 +149,18 @@ def _groups(items: Iterator[tuple[str, bool]]) -> Iterator[list[tuple[str, bool]
 class StreamBatches:
     """The trainer's batches from a TokenWindowStream: the global batch of (step, micro) is the next
     B * world_size windows, and rank r takes rows [r * B, (r + 1) * B), as RandomWindowSampler does.
-    Batches must be asked for in order; `state_dict` is the stream's position after the last one."""
 
-    sequential = True  # a prefetching thread would read ahead of the state a checkpoint saves
+    Batches must be asked for in order. On CUDA a prefetching thread draws them ahead of the step
+    that uses them, so the stream itself runs ahead: with each batch it hands over the stream's
+    position right after it (`batch_with_position`), and the trainer marks the batches it has used
+    (`consumed`); `state_dict` is the position after the last used batch, what a checkpoint needs.
+    """
 
     def __init__(self, stream: TokenWindowStream, batch_size: int, rank: int = 0,
                  world_size: int = 1) -> None:
         self.stream, self.batch_size, self.rank, self.world_size = stream, batch_size, rank, world_size
         self._iterator: Iterator[np.ndarray] | None = None
+        self._used: dict[str, Any] | None = None  # position after the last used batch, when prefetched
 
     def batch(self, step: int, micro_step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), each (B, T) int64 on the CPU."""
@@ -167,9 +171,22 @@ class StreamBatches:
         windows = torch.from_numpy(mine)
         return windows[:, :-1], windows[:, 1:]
 
+    def batch_with_position(self, step: int, micro_step: int = 0
+                            ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """The batch, and the stream's position right after it (for a prefetching thread)."""
+        if self._used is None:  # nothing used yet: a checkpoint now saves where the stream started
+            self._used = self.stream.state_dict()
+        x, y = self.batch(step, micro_step)
+        return x, y, self.stream.state_dict()
+
+    def consumed(self, position: dict[str, Any]) -> None:
+        """The batch that came with `position` has been used."""
+        self._used = position
+
     def state_dict(self) -> dict[str, Any]:
-        return self.stream.state_dict()
+        return self._used if self._used is not None else self.stream.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stream.load_state_dict(state)
         self._iterator = None
+        self._used = None
