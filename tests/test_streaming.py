@@ -76,18 +76,24 @@ def test_shuffle_buffer_reorders_but_keeps_the_windows(tmp_path):
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
-def test_stream_state_resumes_exactly_across_epochs(tmp_path):
-    """Take a state after 37 windows, and a fresh stream loaded with it draws what the first draws next,
-    through two ends of the stream (epochs)."""
+def short_stream_maker(tmp_path, lines: int):
+    """A function making fresh StreamBatches (B = 4, T = 8, a buffer of 5, seed 3) over one short file."""
     corpus = tmp_path / "short.txt"
-    corpus.write_text("the cat sat on the mat.\n" * 20, encoding="utf-8")
+    corpus.write_text("the cat sat on the mat.\n" * lines, encoding="utf-8")
     cfg = tiny_config(tmp_path, data={"path": str(corpus), "val_fraction": 0.0, "test_fraction": 0.0})
     prepared = prepare_data(cfg, progress=False)
     docs = load_source(cfg.data).splits["train"]
 
-    def make():
+    def make() -> StreamBatches:
         return StreamBatches(TokenWindowStream(lambda: docs, prepared.tokenizer, 8, seed=3, buffer_size=5), 4)
 
+    return make
+
+
+def test_stream_state_resumes_exactly_across_epochs(tmp_path):
+    """Take a state after 37 windows, and a fresh stream loaded with it draws what the first draws next,
+    through two ends of the stream (epochs)."""
+    make = short_stream_maker(tmp_path, lines=20)
     first = make()
     for step in range(9):
         first.batch(step)
@@ -207,15 +213,7 @@ def test_a_prefetching_thread_reads_ahead_but_the_saved_position_is_the_used_bat
     it continues with the same batches (the thread is tested here on the CPU, without pinning)."""
     from albert_gpt.data.prefetch import BatchPrefetcher
 
-    corpus = tmp_path / "short.txt"
-    corpus.write_text("the cat sat on the mat.\n" * 40, encoding="utf-8")
-    cfg = tiny_config(tmp_path, data={"path": str(corpus), "val_fraction": 0.0, "test_fraction": 0.0})
-    prepared = prepare_data(cfg, progress=False)
-    docs = load_source(cfg.data).splits["train"]
-
-    def make():
-        return StreamBatches(TokenWindowStream(lambda: docs, prepared.tokenizer, 8, seed=3, buffer_size=5), 4)
-
+    make = short_stream_maker(tmp_path, lines=40)
     ahead, plain = make(), make()
     with BatchPrefetcher(ahead, accum_steps=2, start_step=0, end_step=20, pin=False, depth=4) as prefetcher:
         for step in range(6):
