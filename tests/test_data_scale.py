@@ -183,7 +183,7 @@ def test_training_batches_read_the_cache_through_a_memory_map(tmp_path):
     rng = np.random.default_rng(0)
     with train_file.open("wb") as f:  # grow the split to 100 M tokens (200 MB) in place
         for _ in range(100):
-            f.write(rng.integers(0, prepared.tokenizer.vocab_size, 1 << 20, dtype=np.uint16).tobytes() * 1)
+            f.write(rng.integers(0, prepared.tokenizer.vocab_size, 1 << 20, dtype=np.uint16).tobytes())
     tokens = np.memmap(train_file, dtype=np.uint16, mode="r")
     assert len(tokens) == 100 << 20
     split = prepared.splits["train"]

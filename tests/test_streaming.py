@@ -45,7 +45,7 @@ def test_windows_in_order_cover_the_packed_tokens(tmp_path, monkeypatch, layout)
     tokens = np.array(prepared.splits["train"].tokens, dtype=np.int64)
     docs = load_source(cfg.data, cut_rule(cfg.tokenizer)).splits["train"]
     T = 16
-    windows = iter(TokenWindowStream(lambda: docs, prepared.tokenizer, T, seed=0, buffer_size=1))
+    windows = iter(TokenWindowStream(docs, prepared.tokenizer, T, seed=0, buffer_size=1))
     n_windows = (len(tokens) - 1) // T
     assert n_windows > 20
     for k in range(n_windows - 1):  # the last one waits in the buffer until the next epoch pushes it out
@@ -65,7 +65,7 @@ def test_shuffle_buffer_reorders_but_keeps_the_windows(tmp_path):
     all_windows = {tokens[k * T:k * T + T + 1].tobytes(): k for k in range((len(tokens) - 1) // T)}
 
     def draw(seed):
-        stream = TokenWindowStream(lambda: docs, prepared.tokenizer, T, seed=seed, buffer_size=16)
+        stream = TokenWindowStream(docs, prepared.tokenizer, T, seed=seed, buffer_size=16)
         it = iter(stream)
         return [next(it).numpy() for _ in range(200)]
 
@@ -85,7 +85,7 @@ def short_stream_maker(tmp_path, lines: int):
     docs = load_source(cfg.data).splits["train"]
 
     def make() -> StreamBatches:
-        return StreamBatches(TokenWindowStream(lambda: docs, prepared.tokenizer, 8, seed=3, buffer_size=5), 4)
+        return StreamBatches(TokenWindowStream(docs, prepared.tokenizer, 8, seed=3, buffer_size=5), 4)
 
     return make
 

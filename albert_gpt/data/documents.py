@@ -24,7 +24,6 @@ from albert_gpt.errors import DataError
 
 PIECE_BYTES = 1 << 18
 CUT_RULES = ("line", "isolated_line", "none")
-TEXT_SUFFIXES = (".txt", ".md")
 
 
 def _printable(byte: int) -> bool:
@@ -63,6 +62,8 @@ class TextFile:
     """One text file as one document, iterated as decoded pieces cut by `rule`."""
 
     def __init__(self, path: Path, errors: str, rule: str, counts: DecodeCounts) -> None:
+        if rule not in CUT_RULES:
+            raise ValueError(f"cut rule {rule!r} is not one of {CUT_RULES}")
         self.path, self.errors, self.rule, self.counts = path, errors, rule, counts
 
     def is_empty(self) -> bool:
@@ -187,13 +188,10 @@ class FileDocuments:
     def length(self) -> int:
         """The number of documents (one pass over the rows the first time it is asked)."""
         if self._length is None:
-            self._length = sum(1 for _ in self._documents(materialize=False))
+            self._length = sum(1 for _ in self)
         return self._length
 
     def __iter__(self) -> Iterator[str | TextFile]:
-        return self._documents(materialize=True)
-
-    def _documents(self, materialize: bool) -> Iterator[str | TextFile]:
         n = 0
         for path in self.files:
             suffix = path.suffix.lower()

@@ -236,7 +236,9 @@ def _build_stream_head(cfg: Config, source: SourceDocs, out: Path, fp: str, prog
 
 def _take(items: Iterator[tuple[str, bool]], tokenizer: TextTokenizer, n_tokens: int
           ) -> list[tuple[str, bool]]:
-    """Whole items from `items` until they hold at least n_tokens tokens (fewer when it ends)."""
+    """Whole items from `items` until they hold at least n_tokens tokens (fewer when it ends).
+    Packing encodes them again: a few hundred thousand tokens, once per corpus, kept for the one
+    packing path (its counts and end-of-text placement)."""
     taken, count = [], 0
     while count < n_tokens:
         item = next(items, None)

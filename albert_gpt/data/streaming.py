@@ -17,7 +17,7 @@ Shapes: B = batch size, T = block_size.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -43,11 +43,11 @@ def stream_items(documents: Iterable[Document]) -> Iterator[tuple[str, bool]]:
 class TokenWindowStream(torch.utils.data.IterableDataset):
     """Shuffled (T + 1,) int64 windows of the training stream, with a state for exact resume.
 
-    `documents()` opens the training documents afresh (each epoch, and on resume); the first
-    `skip_items` items are the held-out slices and are never trained on.
+    `documents` is the training documents, re-iterable (read again each epoch, and on resume); the
+    first `skip_items` items are the held-out slices and are never trained on.
     """
 
-    def __init__(self, documents: Callable[[], Iterable[Document]], tokenizer: TextTokenizer, block_size: int,
+    def __init__(self, documents: Iterable[Document], tokenizer: TextTokenizer, block_size: int,
                  seed: int, buffer_size: int, separate: bool = True, skip_items: int = 0) -> None:
         super().__init__()
         self.documents, self.tokenizer, self.block_size = documents, tokenizer, block_size
@@ -94,7 +94,7 @@ class TokenWindowStream(torch.utils.data.IterableDataset):
         # Every change of state happens before the yield that hands a window out, so the state taken
         # between two windows is exactly the position after the first of them.
         while True:
-            items = itertools.islice(stream_items(self.documents()), self.items_read, None)
+            items = itertools.islice(stream_items(self.documents), self.items_read, None)
             for group in _groups(items):
                 self.carry = self._encode(group)
                 self.items_read += len(group)

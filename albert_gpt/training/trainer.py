@@ -227,8 +227,7 @@ def _sampler(cfg: Config, data: PreparedData, info: DistInfo) -> RandomWindowSam
     if data.stream is None:
         return RandomWindowSampler(data.splits["train"].tokens, block, t.batch_size, cfg.run.seed,
                                    info.rank, info.world_size)
-    documents = data.stream.documents
-    stream = TokenWindowStream(lambda: documents, data.tokenizer, block, cfg.run.seed,
+    stream = TokenWindowStream(data.stream.documents, data.tokenizer, block, cfg.run.seed,
                                cfg.data.shuffle_buffer, separate=not cfg.data.join_rows,
                                skip_items=data.stream.skip_items)
     return StreamBatches(stream, t.batch_size, info.rank, info.world_size)
