@@ -26,8 +26,9 @@ def _load(config: str, overrides: list[str]):
         run_dir, path = path, path / "config.yaml"
         if not path.is_file():
             raise ConfigError(f"{config} is a directory without a config.yaml (not a run directory)")
-        # The saved out_dir may be relative to where training started; the directory given wins.
-        run_dir = run_dir.resolve()
+        # The saved out_dir may be relative to where training started; the directory given wins. Made
+        # absolute without resolving links: a run folder that links elsewhere must stay visible as such.
+        run_dir = Path(os.path.abspath(run_dir))
         overrides = [f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}", *overrides]
     return load_config(path, overrides)
 

@@ -19,10 +19,12 @@ from typing import Any, Literal
 import yaml
 
 from albert_gpt.errors import ConfigError
+from albert_gpt.paths import write_atomic
 from albert_gpt.typed_values import check_field, coerce, short_repr, unknown_key
 
 # Upper bounds on sizes: far above anything trainable here, low enough that a typo (1e9 layers)
 # is refused at once instead of hanging while the model is built.
+MAX_CONFIG_BYTES, MAX_CONFIG_VALUES, MAX_OVERRIDE_CHARS = 1 << 20, 100_000, 10_000
 MAX_DEPTH, MAX_WIDTH, MAX_CONTEXT, MAX_VOCAB, MAX_BATCH = 4096, 65_536, 1 << 20, 4_294_967_295, 1 << 20
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -52,7 +54,7 @@ def opt(default: Any, help: str, **constraints: Any) -> Any:
 class RunConfig:
     name: str = opt("run", "run directory name under out_dir (one plain folder name)", path_name=True)
     out_dir: str = opt("runs", "parent folder of run directories")
-    seed: int = opt(1337, "one seed for init, data order and dropout", min=0)
+    seed: int = opt(1337, "one seed for init, data order and dropout", min=0, max=2**32 - 1)
     device: Device = opt("auto", "auto (cuda if available) | cpu | cuda")
     dtype: DType = opt(
         "auto",
@@ -141,6 +143,14 @@ class DataConfig:
     url: str | None = opt(None, "url: where the single-file corpus is downloaded from (http, https, file)")
     sha256: str | None = opt(
         None, "url: the file's SHA-256 (64 hex digits); a download that differs is refused"
+    )
+    download_max_bytes: int = opt(
+        20_000_000_000, "url: the largest download accepted, in bytes (a longer one is stopped and removed)",
+        min=1, max=2**62,
+    )
+    download_timeout_s: float = opt(
+        10_800.0, "url: the whole download must finish within this many seconds (each read waits at most "
+        "60 s)", min_exclusive=0.0, max=1e7,
     )
     config: str | None = opt(None, "hub: dataset configuration, e.g. wikitext-103-raw-v1")
     split: str = opt("train", "hub: the training split")
@@ -315,12 +325,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     raw = _known_sections(raw)
     raw = {name: _section_mapping(name, values) for name, values in raw.items()}
     for item in overrides:
+        if len(item) > MAX_OVERRIDE_CHARS:
+            raise ConfigError(f"override {short_repr(item)}: {len(item):,} characters (at most "
+                              f"{MAX_OVERRIDE_CHARS:,})")
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+            raise ConfigError(f"override {short_repr(item)}: expected KEY=VALUE, e.g. train.lr=3e-4")
         key, text = item.split("=", 1)
         key = key.strip()
         if "." not in key:
-            raise ConfigError(f"override {item!r}: key must be section.name, e.g. train.lr")
+            raise ConfigError(f"override {short_repr(item)}: key must be section.name, e.g. train.lr")
         section, name = key.split(".", 1)
         if section not in SECTIONS:
             raise unknown_key(section, list(SECTIONS))
@@ -336,13 +349,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def read_yaml(path: Path) -> Any:
     """The YAML document in `path`, or a one-line ConfigError naming the file (and line)."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size:,} bytes; a config file is at most {MAX_CONFIG_BYTES:,} bytes")
+        text = path.read_bytes()[: MAX_CONFIG_BYTES + 1].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); a config is a YAML file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:
-        return yaml.safe_load(text)
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -350,7 +366,34 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}{where}: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to read") from None
+    except ValueError as exc:  # e.g. an integer longer than Python converts (4,300 digits)
+        raise ConfigError(f"{path}: {str(exc).splitlines()[0][:80]}") from None
+    check_value_count(raw, str(path))
+    return raw
 
+
+def check_value_count(raw: Any, where: str) -> None:
+    """Refuse a document with more than MAX_CONFIG_VALUES values, counting each use of a YAML alias
+    again (an alias bomb is small on disk and huge once expanded); stops counting at the limit. A value
+    that contains itself is counted once (the section checks name it)."""
+    stack: list[tuple[Any, bool]] = [(raw, False)]
+    inside: set[int] = set()  # containers on the path from the top to the value being counted
+    seen = 0
+    while stack:
+        value, leaving = stack.pop()
+        if leaving:
+            inside.discard(id(value))
+            continue
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where}: more than {MAX_CONFIG_VALUES:,} values (counting every use of a "
+                              "YAML alias); a config is a small file")
+        if not isinstance(value, (dict, list, tuple, set)) or id(value) in inside:
+            continue
+        inside.add(id(value))
+        stack.append((value, True))
+        children = [*value.keys(), *value.values()] if isinstance(value, dict) else list(value)
+        stack.extend((child, False) for child in children)
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or start from defaults when path is None), apply overrides, validate."""
@@ -376,10 +419,7 @@ def dump_config(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dump_config(cfg), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(Path(path), dump_config(cfg))
 
 
 # ---------------------------------------------------------------- validation

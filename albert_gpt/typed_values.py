@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from albert_gpt.errors import ConfigError
 
 MAX_NAME_CHARS = 100
+MAX_INT_DIGITS = 30  # far above any bound a field has; int() of a huge string is slow
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
@@ -25,12 +27,20 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else tp.__name__
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict, _SHOWN.maxset = 3, 4, 4, 4, 4
+_SHOWN.maxstring, _SHOWN.maxother = 60, 60
+_SHOWN.repr_int = lambda value, level: (  # repr of a huge int is slow (and refused past 4,300 digits)
+    repr(value) if value.bit_length() <= 200 else f"<integer of {value.bit_length():,} bits>")
+
+
 def short_repr(value: Any) -> str:
-    """repr of a value, cut so that a huge or deeply nested one still gives a one-line message."""
+    """repr of a value, bounded before it is built (a YAML alias bomb or a huge number is never expanded)
+    and cut to one short line."""
     try:
-        text = repr(value)
-    except RecursionError:
-        text = f"<recursive {type(value).__name__}>"
+        text = _SHOWN.repr(value)
+    except (RecursionError, ValueError):
+        text = f"<{type(value).__name__}>"
     text = text.replace("\n", "\\n")
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -61,7 +71,7 @@ def coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
             return value.lower() in _TRUE
         raise bad
     if tp is int:
-        return _to_int(value, from_text, bad)
+        return _to_int(key, value, from_text, bad)
     if tp is float:
         return _to_float(key, value, bad)
     if tp is str:
@@ -73,7 +83,7 @@ def coerce(key: str, value: Any, tp: Any, from_text: bool) -> Any:
     raise bad
 
 
-def _to_int(value: Any, from_text: bool, bad: ConfigError) -> int:
+def _to_int(key: str, value: Any, from_text: bool, bad: ConfigError) -> int:
     if isinstance(value, bool):
         raise bad
     if isinstance(value, int):
@@ -82,7 +92,10 @@ def _to_int(value: Any, from_text: bool, bad: ConfigError) -> int:
         return int(value)
     if isinstance(value, str):
         digits = value.strip().replace("_", "")
-        if digits.lstrip("+-").isdigit():
+        if digits.lstrip("+-").isascii() and digits.lstrip("+-").isdigit():
+            if len(digits) > MAX_INT_DIGITS:
+                raise ConfigError(f"{key}: a number of {len(digits):,} digits is out of "
+                                  f"range (at most {MAX_INT_DIGITS})")
             return int(digits)
         try:
             number = float(value)  # "1e3" is an int written as a float
@@ -115,12 +128,14 @@ def check_field(key: str, f: dataclasses.Field, hint: Any, value: Any) -> None:
         raise ConfigError(f"{key}: unknown value {short_repr(value)} (choose one of: {choices})")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63 and "max" not in meta:
+        raise ConfigError(f"{key}: {short_repr(value)} is out of range (a 64-bit integer at most)")
     if "min" in meta and value < meta["min"]:
-        raise ConfigError(f"{key}: {value!r} is out of range (must be >= {meta['min']})")
+        raise ConfigError(f"{key}: {short_repr(value)} is out of range (must be >= {meta['min']})")
     if "max" in meta and value > meta["max"]:
-        raise ConfigError(f"{key}: {value!r} is out of range (must be <= {meta['max']:,})")
+        raise ConfigError(f"{key}: {short_repr(value)} is out of range (must be <= {meta['max']:,})")
     if "min_exclusive" in meta and value <= meta["min_exclusive"]:
-        raise ConfigError(f"{key}: {value!r} is out of range (must be > {meta['min_exclusive']})")
+        raise ConfigError(f"{key}: {short_repr(value)} is out of range (must be > {meta['min_exclusive']})")
     if meta.get("path_name"):
         check_path_name(key, value)
 

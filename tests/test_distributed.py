@@ -139,7 +139,7 @@ def test_only_rank_zero_writes_the_run_directory(ddp_run):
     records = [(r["step"], r["tag"]) for r in read_metrics(ddp_run / "metrics.jsonl")]
     assert len(records) == len(set(records))
     assert sorted(p.name for p in ddp_run.iterdir()) == [
-        "checkpoints", "config.yaml", "data.json", "metrics.jsonl", "tb", "tokenizer.json"]
+        ".lock", "checkpoints", "config.yaml", "data.json", "metrics.jsonl", "tb", "tokenizer.json"]
     assert sorted(p.name for p in (ddp_run / "checkpoints").iterdir()) == [
         "best", "latest", "step_00000005", "step_00000010"]
 

@@ -132,8 +132,8 @@ def test_binary_config_file(tmp_path, capsys):
 @pytest.mark.parametrize("text, says", [
     ("model: 5\n", "model: expected a mapping of keys, got 5"),
     ("model: [1]\n", "model: expected a mapping of keys, got [1]"),
-    ("model: &a [*a]\n", "model: expected a mapping of keys, got [[...]]"),
-    ("run: &r\n  name: *r\n", "run.name: expected str, got {'name': {...}}"),
+    ("model: &a [*a]\n", "model: expected a mapping of keys, got [[[[...]]]]"),
+    ("run: &r\n  name: *r\n", "run.name: expected str, got {'name': {'name': {'name': {...}}}}"),
     ("1: 2\n", "unknown config key 1"),
     ("model:\n  7: 2\n", "unknown config key model.7"),
 ])

@@ -200,7 +200,9 @@ def test_cli_generate_greedy_with_top_k(run_dir: Path, capsys) -> None:
     [
         (["--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
         (["--top-k", "0"], "--top-k must be >= 1, got 0"),
-        (["--temperature", "-1"], "--temperature must be >= 0"),
+        (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+        (["--temperature", "nan"], "--temperature must be a finite number >= 0, got nan"),
+        (["--top-p", "nan"], "--top-p must be in (0, 1], got nan"),
         (["--checkpoint", "nope"], "nope not found"),
     ],
 )

@@ -2,7 +2,7 @@
 loading a run's model for inference. Below training and inference: it imports neither.
 """
 
-from albert_gpt.checkpoint.loading import check_compatible, load_for_inference
+from albert_gpt.checkpoint.loading import check_compatible, load_for_inference, load_run_checkpoint
 from albert_gpt.checkpoint.rng import capture_rng_state, restore_rng_state
 from albert_gpt.checkpoint.store import (
     CONFIG_FILE,
@@ -10,10 +10,12 @@ from albert_gpt.checkpoint.store import (
     MODEL_FILE,
     STATE_FILE,
     TOKENIZER_FILE,
+    checkpoints_folder,
     find_latest,
     list_checkpoints,
     load_checkpoint,
     read_pointer,
+    reading_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
     verify_checkpoint,
@@ -22,7 +24,7 @@ from albert_gpt.checkpoint.weights import unwrap_model
 
 __all__ = [
     "CONFIG_FILE", "META_FILE", "MODEL_FILE", "STATE_FILE", "TOKENIZER_FILE",
-    "capture_rng_state", "check_compatible", "find_latest", "list_checkpoints", "load_checkpoint",
-    "load_for_inference", "read_pointer", "resolve_checkpoint", "restore_rng_state", "save_checkpoint",
-    "unwrap_model", "verify_checkpoint",
+    "capture_rng_state", "check_compatible", "checkpoints_folder", "find_latest", "list_checkpoints",
+    "load_checkpoint", "load_for_inference", "load_run_checkpoint", "read_pointer", "reading_checkpoint",
+    "resolve_checkpoint", "restore_rng_state", "save_checkpoint", "unwrap_model", "verify_checkpoint",
 ]

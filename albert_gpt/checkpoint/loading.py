@@ -7,10 +7,18 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from albert_gpt.checkpoint.store import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, resolve_checkpoint
+from albert_gpt.checkpoint.store import (
+    CONFIG_FILE,
+    FREE_MODEL_KEYS,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    reading_checkpoint,
+    verify_checkpoint,
+)
 from albert_gpt.checkpoint.weights import load_strict, load_weights
 from albert_gpt.config import Config, load_config
 from albert_gpt.data.tokenizer import TextTokenizer
@@ -18,17 +26,13 @@ from albert_gpt.errors import CheckpointError
 from albert_gpt.modeling.base import CausalLM
 from albert_gpt.modeling.factory import build_model
 
-# Model keys that change neither the weights' shapes nor what they compute, so resuming or
-# fine-tuning with another value is legitimate.
-_FREE_MODEL_KEYS = frozenset({"dropout", "init_std", "norm_impl"})
-
 
 def check_compatible(saved_cfg: Config, cfg: Config, source: Path | None = None) -> None:
     """CheckpointError naming the first model key whose value differs between a checkpoint and a config
     (keys that neither shape nor change the computation, like dropout, may differ)."""
     saved, current = saved_cfg.model, cfg.model
     for f in dataclasses.fields(saved):
-        if f.name in _FREE_MODEL_KEYS:
+        if f.name in FREE_MODEL_KEYS:  # resuming with another value is legitimate
             continue
         old, new = getattr(saved, f.name), getattr(current, f.name)
         if f.name == "embedding_dim":  # null means n_embd
@@ -47,19 +51,38 @@ def load_for_inference(
     run_dir: Path, checkpoint: str | None = None, device: str | torch.device = "cpu",
 ) -> tuple[Config, CausalLM, TextTokenizer]:
     """(cfg, model in eval mode, tokenizer) from a run directory's chosen checkpoint."""
-    path = resolve_checkpoint(Path(run_dir), checkpoint)
-    cfg = load_config(path / CONFIG_FILE)
-    if cfg.model.vocab_size is None:
-        raise CheckpointError(f"{path / CONFIG_FILE}: model.vocab_size is not set")
-    model = build_model(cfg.model).to(device)
-    load_strict(model, load_weights(path / MODEL_FILE, device), path / MODEL_FILE)
-    tokenizer_file = path / TOKENIZER_FILE
-    if not tokenizer_file.is_file():
-        tokenizer_file = Path(run_dir) / TOKENIZER_FILE
-    if not tokenizer_file.is_file():
-        raise CheckpointError(f"{path}: no {TOKENIZER_FILE} in the checkpoint or the run directory")
-    tokenizer = TextTokenizer.load(tokenizer_file, eot_token=cfg.tokenizer.eot_token)
+    loaded = load_run_checkpoint(run_dir, checkpoint, device)
+    return loaded.cfg, loaded.model, loaded.tokenizer
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+    path: Path  # the checkpoint folder used
+    cfg: Config
+    model: CausalLM  # in eval mode
+    tokenizer: TextTokenizer
+    meta: dict[str, Any]  # its verified manifest (step, val_loss, files)
+
+
+def load_run_checkpoint(
+    run_dir: Path, checkpoint: str | None = None, device: str | torch.device = "cpu",
+) -> LoadedCheckpoint:
+    """A run's chosen checkpoint, loaded. It is held while it is read, so a run being trained does not
+    rotate it away half way."""
+    with reading_checkpoint(Path(run_dir), checkpoint) as path:
+        meta = verify_checkpoint(path)  # again, now that nothing can replace it
+        cfg = load_config(path / CONFIG_FILE)
+        if cfg.model.vocab_size is None:
+            raise CheckpointError(f"{path / CONFIG_FILE}: model.vocab_size is not set")
+        model = build_model(cfg.model).to(device)
+        load_strict(model, load_weights(path / MODEL_FILE, device), path / MODEL_FILE)
+        tokenizer_file = path / TOKENIZER_FILE
+        if not tokenizer_file.is_file():
+            tokenizer_file = Path(run_dir) / TOKENIZER_FILE
+        if not tokenizer_file.is_file():
+            raise CheckpointError(f"{path}: no {TOKENIZER_FILE} in the checkpoint or the run directory")
+        tokenizer = TextTokenizer.load(tokenizer_file, eot_token=cfg.tokenizer.eot_token)
     if tokenizer.vocab_size != cfg.model.vocab_size:
         raise CheckpointError(f"{tokenizer_file}: {tokenizer.vocab_size} tokens, but the model was trained "
                               f"with model.vocab_size {cfg.model.vocab_size}")
-    return cfg, model.eval(), tokenizer
+    return LoadedCheckpoint(path, cfg, model.eval(), tokenizer, meta)

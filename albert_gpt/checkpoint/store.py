@@ -4,7 +4,11 @@ Layout under `RUN_DIR/checkpoints/`:
 
     step_00000500/   model.safetensors, state.pt, config.yaml, tokenizer.json, meta.json (written last)
     latest, best     one-line text files naming a step directory (replaced by rename, never symlinks)
-    .tmp-*           a checkpoint being written or deleted; never read
+    .tmp-*           a checkpoint being written (it carries albert_gpt's marker) or deleted; never read
+
+`checkpoints/` must be a real folder inside the run directory: albert_gpt writes and rotates there,
+and deletes only what its manifests (or markers) show it wrote (paths.py's deletion rule). A reader
+holds a shared lock on the checkpoint it loads; rotation leaves a locked checkpoint for the next one.
 
 A checkpoint directory appears under its final name only once complete (written as `.tmp-...`, then
 renamed), and `meta.json` records the size and sha256 of every file, so a truncated or tampered
@@ -15,6 +19,8 @@ Shapes: tensors here are whatever the model's state dict holds; nothing is resha
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -24,6 +30,7 @@ import re
 import shutil
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +38,17 @@ import torch
 from torch import nn
 
 from albert_gpt.checkpoint.weights import load_weights, save_weights, unwrap_model
-from albert_gpt.config import Config, dump_config
+from albert_gpt.config import Config, dump_config, load_config
 from albert_gpt.data.sources import hash_file
-from albert_gpt.errors import CheckpointError
-from albert_gpt.paths import remove_inside
+from albert_gpt.errors import CheckpointError, ConfigError
+from albert_gpt.paths import MARKER, UnsafePath, delete, folder_lock, marker_kind, write_atomic, write_marker
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE, STATE_FILE, CONFIG_FILE, TOKENIZER_FILE, META_FILE = (
     "model.safetensors", "state.pt", "config.yaml", "tokenizer.json", "meta.json",
 )
+CHECKPOINT_FILES = (MODEL_FILE, STATE_FILE, CONFIG_FILE, TOKENIZER_FILE, META_FILE)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 # Exact types: numpy scalars subclass float and int but pickle as numpy objects, which
@@ -84,10 +92,7 @@ def _fsync(path: Path) -> None:
 
 
 def _write_pointer(root: Path, pointer: str, name: str) -> None:
-    tmp = root / f".tmp-{pointer}"
-    tmp.write_text(name + "\n", encoding="utf-8")
-    _fsync(tmp)
-    tmp.replace(root / pointer)
+    write_atomic(root / pointer, name + "\n")
     _fsync(root)
 
 
@@ -99,11 +104,75 @@ def _read_pointer(root: Path, pointer: str) -> str | None:
     return name if _STEP_DIR.match(name) else None
 
 
-def _remove_dir(path: Path) -> None:
-    # Rename first so that a crash half way through rmtree leaves only a `.tmp-*` directory.
-    doomed = path.with_name(f".tmp-delete-{path.name}-{os.getpid()}")
-    path.rename(doomed)
-    remove_inside(doomed, path.parent)  # a symbolic link is removed as a link, never followed
+def _written_here(path: Path) -> bool:
+    """Proof that albert_gpt wrote a checkpoint folder: its manifest names every file in it, or (one
+    being written) it carries the checkpoint marker and only checkpoint files."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    names = {p.name for p in path.iterdir()} - {MARKER, META_FILE}
+    try:
+        listed = set(json.loads((path / META_FILE).read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return marker_kind(path) == "checkpoint" and names <= set(CHECKPOINT_FILES)
+    return names <= listed
+
+
+def _remove_dir(path: Path, wait: bool = False) -> bool:
+    """Delete a checkpoint folder under the deletion rule; False (and kept) while a reader holds it,
+    unless `wait`. Renamed first, so a crash half way through leaves only a `.tmp-*` folder."""
+    root = path.parent
+    if path.is_symlink():
+        delete(path, root, _written_here)  # the link alone
+        return True
+    with folder_lock(path, wait=wait) as free:
+        if not free:
+            log.info("kept %s for now: a reader is loading it (it goes at the next rotation)", path)
+            return False
+        if not _written_here(path):
+            raise UnsafePath(f"refusing to delete {path}: its manifest does not name every file in it")
+        doomed = path.with_name(f".tmp-delete-{path.name}-{os.getpid()}")
+        path.rename(doomed)
+        delete(doomed, root, _written_here)
+    return True
+
+
+def checkpoints_folder(run_dir: Path) -> Path:
+    """RUN_DIR/checkpoints, which albert_gpt writes and rotates in: CheckpointError when it is a link."""
+    root = Path(run_dir) / "checkpoints"
+    if root.is_symlink():
+        raise CheckpointError(f"{root} is a symbolic link (to {os.path.realpath(root)}); albert_gpt writes "
+                              "and rotates checkpoints only in a real folder inside the run directory")
+    return root
+
+
+def clear_checkpoints(run_dir: Path) -> list[Path]:
+    """Delete a run's checkpoints (run.overwrite): step folders and temporaries its manifests or markers
+    show albert_gpt wrote, and the pointers; the folder goes too when nothing else is left. A link in its
+    place is removed as a link. Returns what was kept because albert_gpt did not write it."""
+    root = Path(run_dir) / "checkpoints"
+    if root.is_symlink() or not root.is_dir():
+        delete(root, Path(run_dir), lambda p: False)  # a link (removed as a link) or nothing
+        return []
+    kept = []
+    for entry in sorted(root.iterdir()):
+        pointer = entry.name in ("latest", "best") and entry.is_file() and _read_pointer(root, entry.name)
+        try:
+            delete(entry, root, (lambda p: True) if pointer else _written_here)
+        except (OSError, UnsafePath):
+            kept.append(entry)
+    if not kept:
+        root.rmdir()
+    return kept
+
+
+def _sweep_stale(root: Path) -> None:
+    """`.tmp-*` folders left by a process killed while writing or deleting (the run's lock says none is
+    running): removed when albert_gpt's manifest or marker shows it wrote them, else left and named."""
+    for stale in root.glob(".tmp-*"):
+        try:
+            delete(stale, root, _written_here if stale.is_dir() else lambda p: False)
+        except (OSError, UnsafePath) as exc:
+            log.warning("left %s in place: %s", stale, exc)
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
@@ -120,7 +189,30 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 # Files a user may edit (a run trained on a GPU says device: cuda; evaluating it elsewhere is fine): the
 # manifest guards the weights, the training state and the tokenizer, and only requires these to exist.
+# The model section of config.yaml is the exception: it says what the weights are, so the manifest
+# records it ("model") and it must not change.
 EDITABLE_FILES = (CONFIG_FILE,)
+# Model keys that change neither the weights' shapes nor what they compute.
+FREE_MODEL_KEYS = frozenset({"dropout", "init_std", "norm_impl"})
+
+
+def model_record(cfg: Config) -> dict[str, Any]:
+    """The model keys a checkpoint's weights depend on, as its manifest records them."""
+    return {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in FREE_MODEL_KEYS}
+
+
+def _check_model_record(path: Path, recorded: Any) -> None:
+    if not isinstance(recorded, dict):
+        return  # written before the manifest recorded the model
+    try:
+        current = model_record(load_config(path / CONFIG_FILE))
+    except ConfigError as exc:
+        raise CheckpointError(f"{path / CONFIG_FILE}: {exc}") from None
+    for key, value in recorded.items():
+        if current.get(key) != value:
+            raise CheckpointError(f"{path / CONFIG_FILE}: model.{key} is {current.get(key)} there but "
+                                  f"{value} in the checkpoint's {META_FILE} (the weights are for {value}); "
+                                  "the model keys of a checkpoint's config cannot be edited")
 
 
 def verify_checkpoint(path: Path) -> dict[str, Any]:
@@ -139,11 +231,15 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{file}: missing")
         if name in EDITABLE_FILES:
             continue
-        size = file.stat().st_size
-        if size != expected.get("bytes"):
-            raise CheckpointError(f"{file}: {size} bytes, {expected.get('bytes')} recorded (truncated?)")
-        if hash_file(file) != expected.get("sha256"):
-            raise CheckpointError(f"{file}: sha256 does not match {META_FILE} (corrupted)")
+        try:
+            size = file.stat().st_size
+            if size != expected.get("bytes"):
+                raise CheckpointError(f"{file}: {size} bytes, {expected.get('bytes')} recorded (truncated?)")
+            if hash_file(file) != expected.get("sha256"):
+                raise CheckpointError(f"{file}: sha256 does not match {META_FILE} (corrupted)")
+        except OSError as exc:
+            raise CheckpointError(f"{file}: cannot read it ({exc.strerror or exc})") from None
+    _check_model_record(path, meta.get("model"))
     return meta
 
 
@@ -179,27 +275,29 @@ def save_checkpoint(
     Call it from one process only (rank 0): the directory names are not per-process.
     """
     _check_plain(train_state, "train_state")
-    root = Path(run_dir) / "checkpoints"
+    root = checkpoints_folder(run_dir)
     name = f"step_{step:08d}"
-    tmp = root / f".tmp-{name}"
+    tmp = root / f".tmp-{name}-{os.getpid()}"
     if model_state is None:
         model_state = unwrap_model(model).state_dict()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".tmp-*"):  # left by a process killed while writing or deleting
-            remove_inside(stale, root)
+        _sweep_stale(root)
         tmp.mkdir()
+        write_marker(tmp, "checkpoint")
         _write_files(tmp, step, model_state, train_state, cfg, tokenizer_path, val_loss)
         final = root / name
-        if final.exists():  # the same step saved again (e.g. the end of a run after an interval save)
-            _remove_dir(final)
+        if os.path.lexists(final):  # the same step saved again (e.g. the end of a run after an interval save)
+            _remove_dir(final, wait=True)
         tmp.rename(final)
         _fsync(root)
         _update_best(root)
         _write_pointer(root, "latest", name)
+    except UnsafePath as exc:
+        raise CheckpointError(f"cannot write checkpoint {name}: {exc}") from None
     except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # our own folder, made above
         raise CheckpointError(_write_failure(root, name, exc, model_state, train_state)) from None
     _rotate(root, final, keep)
     return final
@@ -219,7 +317,8 @@ def _write_files(tmp: Path, step: int, model_state: dict[str, torch.Tensor], tra
         files[file.name] = {"bytes": file.stat().st_size, "sha256": hash_file(file)}
     if val_loss is not None and not math.isfinite(val_loss):
         val_loss = None  # JSON has no NaN, and a diverged evaluation is never the best
-    meta = {"step": step, "val_loss": val_loss, "time": time.time(), "files": files}
+    meta = {"step": step, "val_loss": val_loss, "time": time.time(), "files": files,
+            "model": model_record(cfg)}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     _fsync(tmp / META_FILE)
     _fsync(tmp)
@@ -270,7 +369,10 @@ def _rotate(root: Path, newest: Path, keep: int) -> None:
     # Later steps than the one just written belong to a continuation that was abandoned (the run
     # resumed from an earlier checkpoint); left in place they would shadow the new one on fallback.
     for path in later + older[: max(0, len(older) - (keep - 1))]:
-        _remove_dir(path)
+        try:
+            _remove_dir(path)
+        except (OSError, UnsafePath) as exc:
+            log.warning("kept %s: %s", path, exc)
 
 
 # ---------------------------------------------------------------- find and load
@@ -355,6 +457,22 @@ def resolve_checkpoint(run_dir: Path, name: str | None) -> Path:
         raise CheckpointError(f"{what} not found in {root} (available: {available})")
     verify_checkpoint(path)
     return path
+
+
+@contextlib.contextmanager
+def reading_checkpoint(run_dir: Path, name: str | None) -> Iterator[Path]:
+    """The checkpoint `name` means (see resolve_checkpoint), held with a shared lock for the block, so a
+    run being trained keeps it until the reader is done. When rotation removed it between the choice and
+    the lock, the choice is made again: the next complete checkpoint."""
+    for _ in range(3):
+        path = resolve_checkpoint(run_dir, name)
+        with folder_lock(path, shared=True) as held:
+            if held and path.is_dir():  # still in place now that it is locked
+                yield path
+                return
+        log.info("%s was rotated away while it was being opened; choosing again", path)
+    raise CheckpointError(f"{path}: removed by the run's rotation while it was being opened, three times; "
+                          "try again")
 
 
 def load_checkpoint(

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,16 @@ from typing import Any
 import numpy as np
 
 from albert_gpt.errors import DataError
+from albert_gpt.paths import (
+    UnsafePath,
+    delete,
+    folder_lock,
+    marked,
+    marker_kind,
+    only,
+    write_atomic,
+    write_marker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +68,7 @@ def fingerprint(spec: dict[str, Any]) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False))
 
 
 def split_record(path: Path, dtype: np.dtype) -> dict[str, Any]:
@@ -120,29 +124,67 @@ def open_split(entry: Path, name: str, meta: dict[str, Any]) -> TokenSplit:
     return TokenSplit(name, tokens, info["bytes"], info["documents"], info["characters"])
 
 
+def _cache_name(name: str) -> bool:
+    """Names the pipeline writes in a cache entry: its files and their temporaries."""
+    return name in (META, TOKENIZER) or name.endswith(".bin") or ".tmp-" in name
+
+
+def sweep_stale_entries(root: Path) -> None:
+    """Remove temporary entries (`.FP.tmp-*`) that a killed build left: only folders that carry the
+    cache's marker and whose builder no longer holds its lock."""
+    if root.is_symlink() or not root.is_dir():
+        return
+    for path in root.iterdir():
+        if not (path.name.startswith(".") and ".tmp-" in path.name) or marker_kind(path) != "cache-build":
+            continue
+        with folder_lock(path, wait=False) as free:
+            if not free:
+                continue  # another process is building it right now
+            try:
+                delete(path, root, marked("cache-build", _cache_name))
+                log.info("removed %s, left by a build that was killed", path)
+            except (OSError, UnsafePath) as exc:
+                log.warning("left %s in place (%s)", path, exc)
+
+
 @contextlib.contextmanager
 def building_entry(root: Path, fp: str) -> Iterator[Path]:
     """A fresh temporary directory to fill; renamed to `root/fp` when the block ends without error.
 
     The block must write META last. On any error (or Ctrl-C) the temporary directory is removed.
-    If another process completed the same entry meanwhile, its copy is kept and ours dropped.
+    If another process completed the same entry meanwhile, its copy is kept and ours dropped. The
+    builder holds a lock on the directory, so a sweep at another start never takes it for litter.
     """
     tmp = root / f".{fp}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir(parents=True)
     except OSError as exc:
         raise DataError(f"data.cache_dir {root}: cannot create a cache entry ({exc.strerror})") from None
+    with folder_lock(tmp):  # taken before the marker: a sweep never sees our marker unlocked
+        try:
+            write_marker(tmp, "cache-build")
+            sweep_stale_entries(root)
+            yield tmp
+            if not (tmp / META).is_file():
+                raise DataError(f"internal: cache entry {tmp} has no {META}")
+            final = root / fp
+            if os.path.lexists(final):
+                if read_entry(final, fp) is not None:
+                    log.info("another process completed %s first; keeping its copy", final)
+                    return
+                _remove_incomplete(final, root)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                with contextlib.suppress(OSError, UnsafePath):
+                    delete(tmp, root, marked("cache-build", _cache_name))
+
+
+def _remove_incomplete(entry: Path, root: Path) -> None:
+    """An incomplete entry left by an older crash (or a link in its place) makes way for the new one;
+    anything else by that name is refused in one line."""
     try:
-        yield tmp
-        if not (tmp / META).is_file():
-            raise DataError(f"internal: cache entry {tmp} has no {META}")
-        final = root / fp
-        if final.exists():
-            if read_entry(final, fp) is not None:
-                log.info("another process completed %s first; keeping its copy", final)
-                return
-            shutil.rmtree(final)  # incomplete leftovers (no meta.json) from an older crash
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        delete(entry, root, lambda path: only(path, _cache_name))
+    except UnsafePath as exc:
+        raise DataError(f"token cache {entry} is incomplete and holds files the pipeline did not write "
+                        f"({exc}); move it away or choose another data.cache_dir") from None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from albert_gpt.data.textio import BOM, decode_utf8
 from albert_gpt.errors import DataError
@@ -74,7 +75,7 @@ class TextFile:
         """The file's bytes in pieces of at least PIECE_BYTES (but the last), cut by the rule."""
         pending = bytearray()
         scanned = 0  # pending[:scanned] holds no allowed cut
-        with self.path.open("rb") as f:
+        with open_data_file(self.path) as f:
             while data := f.read(PIECE_BYTES):
                 pending += data
                 while len(pending) >= PIECE_BYTES:
@@ -111,10 +112,18 @@ def pieces_of(document: str | Iterable[str]) -> Iterator[str]:
         yield from document
 
 
+def open_data_file(path: Path) -> BinaryIO:
+    """A corpus file opened for reading, or a one-line DataError naming it (unreadable, gone, a folder)."""
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
 def iter_jsonl(path: Path, text_field: str, errors: str, counts: DecodeCounts) -> Iterator[str]:
     """The `text_field` string of every non-blank line, read line by line; a bad line names its number."""
     invalid, at_byte = 0, 0
-    with path.open("rb") as f:
+    with open_data_file(path) as f:
         # binary lines end at b"\n" only (str.splitlines would also cut at U+2028, which JSON allows)
         for number, raw in enumerate(f, start=1):
             decoded = decode_utf8(raw, path, errors, number == 1, at_byte, number)

@@ -75,6 +75,12 @@ def tokenizer_fingerprint(t: TokenizerConfig) -> dict[str, Any]:
 def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
     """Tokenized splits of the configured corpus, built on first use and reused after."""
     start = time.perf_counter()
+    if cfg.data.source == "url":
+        from albert_gpt.data.download import corpus_file
+
+        # Fetched, or its local copy checked, first and every time: with the bar log.progress asks for,
+        # and a mistyped data.path is an error even when the token cache exists.
+        corpus_file(cfg.data, progress)
     root = Path(cfg.data.cache_dir)
     fp = cache.fingerprint(pipeline_spec(cfg))
     entry = root / fp

@@ -111,7 +111,7 @@ def source_fingerprint(data: DataConfig) -> dict[str, Any]:
         spec["files"] = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns]
                          for f in list_files(data.path or "")]
     elif data.source == "files":
-        spec["files"] = [[str(f.resolve()), hash_file(f)] for f in list_files(data.path or "")]
+        spec["files"] = [[str(f.resolve()), _hash_corpus_file(f)] for f in list_files(data.path or "")]
     elif data.source == "url":
         from albert_gpt.data.download import corpus_file
 
@@ -124,7 +124,7 @@ def source_fingerprint(data: DataConfig) -> dict[str, Any]:
         local = Path(ident).expanduser()
         if local.is_dir():
             spec["dataset"] = str(local.resolve())
-            spec["files"] = [[str(f.relative_to(local)), hash_file(f)]
+            spec["files"] = [[str(f.relative_to(local)), _hash_corpus_file(f)]
                              for f in sorted(local.rglob("*")) if f.is_file()]
     return spec
 
@@ -250,6 +250,13 @@ def _split_key(key: str) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def _hash_corpus_file(path: Path) -> str:
+    try:
+        return hash_file(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def hash_file(path: Path) -> str:

@@ -20,6 +20,7 @@ from albert_gpt.config import TokenizerConfig
 from albert_gpt.data.documents import pieces_of
 from albert_gpt.data.sources import Document
 from albert_gpt.errors import DataError
+from albert_gpt.paths import write_atomic
 
 CHAR_FORMAT = "albert_gpt.char_tokenizer"  # the private format of earlier runs, still read
 DEFAULT_EOT = "<|endoftext|>"
@@ -155,10 +156,7 @@ class TextTokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write atomically; a `tokenizers` backend is written as a standard tokenizer.json."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        tmp.replace(path)
+        write_atomic(Path(path), self.to_json())
 
     @classmethod
     def load(cls, path: str | Path, eot_token: str | None = None) -> TextTokenizer:

@@ -11,6 +11,7 @@ application uses.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from importlib import resources
@@ -20,9 +21,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from albert_gpt.checkpoint import load_for_inference, resolve_checkpoint
+from albert_gpt.checkpoint import load_run_checkpoint
 from albert_gpt.errors import ConfigError
-from albert_gpt.paths import remove_inside
+from albert_gpt.paths import UnsafePath, delete, entries, is_inside, marker_kind, only, write_marker
 
 MODEL_FILES = ("configuration_albert_gpt.py", "modeling_albert_gpt.py")
 EXPORTABLE_NORMS = ("layernorm", "rmsnorm", "none")
@@ -94,21 +95,66 @@ def hf_state_and_config(cfg: Any, model: Any) -> tuple[dict[str, torch.Tensor], 
     return state, fields
 
 
+# Everything export writes into its folder: what `--overwrite` may replace.
+EXPORT_FILES = frozenset({
+    "config.json", "generation_config.json", "model.safetensors", "README.md", "special_tokens_map.json",
+    "tokenizer.json", "tokenizer_config.json", *MODEL_FILES,
+})
+
+
+def _is_export(folder: Path) -> bool:
+    """Proof that albert-gpt export wrote `folder`: its marker (or, from before the marker, an
+    albert_gpt config.json), and nothing in it but the files export writes."""
+    if marker_kind(folder) == "export":
+        return only(folder, EXPORT_FILES)
+    try:
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return model_type == "albert_gpt" and only(folder, EXPORT_FILES)
+
+
+def _check_out_dir(run_dir: Path, out_dir: Path, overwrite: bool) -> None:
+    """Where export may write: a new or empty folder, or (with --overwrite) a folder it exported before;
+    never the run, the working directory, a link, or a folder holding any of them."""
+    if out_dir.is_symlink():
+        raise ConfigError(f"{out_dir} is a symbolic link; give the folder to write itself")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file; choose a folder to write the export into")
+    if is_inside(run_dir, out_dir):
+        raise ConfigError(f"{out_dir} is or contains the run being exported ({run_dir}); choose another "
+                          "folder")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(f"{out_dir} exists and is not empty; choose another folder or pass --overwrite")
+    if is_inside(Path.cwd(), out_dir):
+        raise ConfigError(f"{out_dir} is or contains the working directory; --overwrite replaces only a "
+                          "folder that albert-gpt export wrote")
+    if not _is_export(out_dir):
+        shown = ", ".join(sorted(entries(out_dir))[:4])
+        raise ConfigError(f"{out_dir} was not written by albert-gpt export (it holds {shown}...); "
+                          "--overwrite replaces only an earlier export; choose another folder")
+
+
 def export_run(run_dir: Path, out_dir: Path, checkpoint: str | None = None, overwrite: bool = False) -> Path:
     """Write the Hugging Face folder for a run's checkpoint (best, else latest, unless named); returns it.
     The folder appears whole or not at all (written beside it, then renamed)."""
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run_dir, out_dir = Path(run_dir), Path(os.path.abspath(out_dir))
     if not run_dir.is_dir():
         raise ConfigError(f"run directory not found: {run_dir}")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"{out_dir} exists and is not empty; choose another folder or pass --overwrite")
-    path = resolve_checkpoint(run_dir, checkpoint)
-    cfg, model, tokenizer = load_for_inference(run_dir, checkpoint=str(path), device="cpu")
+    _check_out_dir(run_dir, out_dir, overwrite)
+    loaded = load_run_checkpoint(run_dir, checkpoint, device="cpu")
+    path, cfg, model, tokenizer = loaded.path, loaded.cfg, loaded.model, loaded.tokenizer
     state, fields = hf_state_and_config(cfg, model)
     eot = tokenizer.eot_id
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
+    except OSError as exc:
+        raise ConfigError(f"cannot write in {out_dir.parent} ({exc.strerror or exc})") from None
+    try:
+        write_marker(tmp, "export")
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_json(
             tmp / "config.json",
@@ -164,13 +210,30 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: str | None = None, over
         for name in MODEL_FILES:
             (tmp / name).write_text(source.joinpath(name).read_text(encoding="utf-8"), encoding="utf-8")
         (tmp / "README.md").write_text(_model_card(run_dir, path, cfg), encoding="utf-8")
-        if out_dir.exists():  # empty, or --overwrite
-            remove_inside(out_dir, out_dir.parent)
+        _readable_by_all(tmp)
+        if out_dir.exists():  # checked above: empty, or an earlier export (--overwrite)
+            if any(out_dir.iterdir()):
+                delete(out_dir, out_dir.parent, _is_export, protect=(run_dir,))
+            else:
+                out_dir.rmdir()
         tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except UnsafePath as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out_dir} ({exc.strerror or exc}); nothing was replaced") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)  # our own folder, made above
     return out_dir
+
+
+def _readable_by_all(folder: Path) -> None:
+    """Modes as for any file the user writes (umask), not mkdtemp's private 0700 / 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for file in folder.iterdir():
+        file.chmod(0o666 & ~umask)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -9,8 +9,8 @@ Shapes: B = windows in a batch, T = inputs per window (<= block_size), V = vocab
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
-import json
 import logging
 import math
 import typing
@@ -194,15 +194,15 @@ def evaluate_run(
     A split is read from the token cache the run recorded (no access to the training data needed); only
     when that cache is gone is the data prepared again. A text file needs no data at all.
     """
-    from albert_gpt.checkpoint import META_FILE, load_for_inference, resolve_checkpoint
+    from albert_gpt.checkpoint import load_run_checkpoint
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run directory not found: {run_dir}")
     if split not in ("train", "val", "test"):
         raise ConfigError(f"unknown split {split!r} (choose one of: train, val, test)")
-    path = resolve_checkpoint(run_dir, checkpoint)
-    cfg, model, tokenizer = load_for_inference(run_dir, checkpoint=str(path), device="cpu")
+    loaded = load_run_checkpoint(run_dir, checkpoint, device="cpu")
+    cfg, model, tokenizer, path = loaded.cfg, loaded.model, loaded.tokenizer, loaded.path
     torch_device, torch_dtype = inference_device(device, dtype)
     model.to(torch_device)
     result = evaluate_loaded(
@@ -218,11 +218,10 @@ def evaluate_run(
         batch_size=batch_size,
         progress=progress,
     )
-    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))  # verified by resolve_checkpoint
     return {
         **result,
         "checkpoint": path.name,
-        "step": meta.get("step"),
+        "step": loaded.meta.get("step"),
         "note": fallback_note(run_dir, checkpoint, path),
     }
 
@@ -248,7 +247,7 @@ def evaluate_loaded(
     if text is not None:
         tokens, n_bytes, source = *_text_tokens(Path(text), tokenizer), str(text)
     else:
-        tokens, n_bytes, source = _split_tokens(cfg, Path(run_dir), split, progress)
+        tokens, n_bytes, source = _split_tokens(cfg, Path(run_dir), split, tokenizer, progress)
     if len(tokens) < 2:
         raise DataError(f"{source} has {len(tokens)} tokens; nothing to evaluate")
     result = evaluate_tokens(
@@ -288,7 +287,8 @@ def inference_device(device: str | None, dtype: str | None) -> tuple[torch.devic
     return resolved, resolve_dtype(run, resolved)
 
 
-def _split_tokens(cfg: Any, run_dir: Path, split: str, progress: bool) -> tuple[np.ndarray, int, str]:
+def _split_tokens(cfg: Any, run_dir: Path, split: str, tokenizer: Any,
+                  progress: bool) -> tuple[np.ndarray, int, str]:
     from albert_gpt.data.pipeline import prepare_data, read_data_record
 
     prepared = read_data_record(run_dir)
@@ -304,8 +304,19 @@ def _split_tokens(cfg: Any, run_dir: Path, split: str, progress: bool) -> tuple[
             cfg.data.cache_dir,
         )
         prepared = prepare_data(cfg, progress=progress)
+    cached, own = _tokenizer_sha256(prepared.tokenizer), _tokenizer_sha256(tokenizer)
+    if cached != own:
+        raise DataError(
+            f"token cache {prepared.cache_dir} was made with another tokenizer than the checkpoint's "
+            f"(sha256 {cached[:12]} against {own[:12]}): its ids would be scored as other tokens; "
+            "score a text file instead with --text FILE"
+        )
     tokens = prepared.splits[split]
     return tokens.tokens, tokens.n_bytes, f"split {split!r} of {run_dir}"
+
+
+def _tokenizer_sha256(tokenizer: Any) -> str:
+    return hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest()
 
 
 def _text_tokens(path: Path, tokenizer: Any) -> tuple[np.ndarray, int]:

@@ -5,15 +5,17 @@ Shapes: B batch, V vocabulary.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= 0):  # NaN compares false with everything
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
+    if top_p is not None and not 0.0 < top_p <= 1.0:  # False for NaN too
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 

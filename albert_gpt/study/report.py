@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_gpt.errors import ConfigError
+from albert_gpt.paths import write_atomic
 from albert_gpt.training.metrics import METRICS_FILE, read_metrics
 
 log = logging.getLogger("albert_gpt")
@@ -354,7 +355,5 @@ def write_report(sweep_dir: Path) -> Path:
             lines += ["Per-depth diagnostics at the last logged step (mean over cells of a row group):", "",
                       "![per-depth diagnostics](figures/depth_profiles.png)", ""]
     path = sweep_dir / REPORT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, "\n".join(lines))
     return path

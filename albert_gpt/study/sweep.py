@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm.auto import tqdm
 
-from albert_gpt.config import Config, apply_overrides, load_config
+from albert_gpt.config import Config, apply_overrides, load_config, read_yaml
 from albert_gpt.errors import ConfigError, TrainingError
+from albert_gpt.paths import write_atomic
 from albert_gpt.training.metrics import METRICS_FILE, read_metrics
 from albert_gpt.typed_values import check_path_name
 
@@ -141,11 +141,7 @@ def load_sweep(path: Path, overrides: list[str] | None = None, out_dir: str | No
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{path}{f' line {mark.line + 1}' if mark else ''}: invalid YAML") from None
+    raw = read_yaml(path) or {}  # bounded and checked as a config file is
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     unknown = sorted(set(raw) - set(_SWEEP_KEYS))
@@ -262,9 +258,7 @@ def summarize_run(run_dir: Path, error: str | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------- running
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
 
 
 def read_result(run_dir: Path) -> dict[str, Any] | None:
@@ -326,9 +320,7 @@ def write_summary(sweep: Sweep, results: list[dict[str, Any]]) -> None:
     }
     _write_json(sweep_dir / SUMMARY_JSON, data)
     text = f"# Sweep {sweep.name}\n\n" + summary_table(data) + "\n"
-    tmp = sweep_dir / (SUMMARY_MD + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(sweep_dir / SUMMARY_MD)
+    write_atomic(sweep_dir / SUMMARY_MD, text)
 
 
 def run_sweep(sweep_yaml: Path, overrides: list[str] | None = None, out_dir: str | None = None,

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from albert_gpt.errors import TrainingError
+from albert_gpt.paths import UnsafePath, create_new, delete, open_append, temp_name, write_atomic
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
@@ -39,9 +41,35 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     if not path.is_file():
         return
     kept = [json.dumps(r) for r in read_metrics(path) if r["step"] <= last_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def clear_event_files(run_dir: Path) -> list[Path]:
+    """Delete a run's TensorBoard files (run.overwrite): the event files TensorBoard's writer names, then
+    the folder when nothing else is left (a link in its place is removed as a link). Returns what was
+    kept because albert_gpt did not write it."""
+    tb_dir = Path(run_dir) / TB_DIR
+    if tb_dir.is_symlink() or not tb_dir.is_dir():
+        delete(tb_dir, Path(run_dir), lambda p: False)  # a link (removed as a link) or nothing
+        return []
+    kept = []
+    for entry in sorted(tb_dir.iterdir()):
+        try:
+            delete(entry, tb_dir, lambda p: p.name.startswith("events.out.tfevents.") and p.is_file())
+        except (OSError, UnsafePath):
+            kept.append(entry)
+    if not kept:
+        tb_dir.rmdir()
+    return kept
+
+
+def check_writable(folder: Path) -> None:
+    """OSError now, in this thread, when `folder` cannot take a new file: TensorBoard's writer thread
+    would otherwise fail later with a traceback of its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = temp_name(folder / "write-probe")
+    os.close(create_new(probe))
+    probe.unlink()
 
 
 def _wait_for_a_later_second(tb_dir: Path) -> None:
@@ -71,13 +99,18 @@ class MetricsLogger:
         self.path = Path(run_dir) / METRICS_FILE
         if resume_step is not None:
             truncate_metrics(self.path, resume_step)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._file = open_append(self.path)  # never through a link; closed in close()
         self.writer = None
         if tensorboard:
             # Imported here: TensorBoard pulls in a lot, and tensorboard: false should not pay for it.
             from torch.utils.tensorboard import SummaryWriter
 
             tb_dir = Path(run_dir) / TB_DIR
+            try:
+                check_writable(tb_dir)
+            except OSError:
+                self._file.close()
+                raise
             purge = None
             if resume_step is not None:
                 purge = resume_step + 1

@@ -40,7 +40,7 @@ from albert_gpt.training.distributed import DistInfo
 from albert_gpt.training.metrics import MetricsLogger
 from albert_gpt.training.optim import build_optimizer, lr_at, set_lr, total_steps
 from albert_gpt.training.progress import IntervalMeter, Progress
-from albert_gpt.training.rundir import check_run_dir, prepare_run_dir, resume_command, write_run_file
+from albert_gpt.training.rundir import RunLock, check_run_dir, prepare_run_dir, resume_command, write_run_file
 from albert_gpt.training.signals import StopRequest
 from albert_gpt.training.step import NonFiniteGuard, train_step
 from albert_gpt.training.sysinfo import peak_memory_mb
@@ -77,6 +77,7 @@ class Run:
     tokens_per_step: int  # global: all ranks together
     unigram_ppl: float
     dist: DistInfo = field(default_factory=DistInfo)  # rank and strategy under torchrun
+    lock: RunLock | None = None  # rank 0's lock on the run directory, released when training ends
     eval_seconds: float = 0.0  # wall time spent evaluating and sampling in this process
 
 
@@ -114,6 +115,15 @@ def _train(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     run = build_run(cfg, resume, info)
+    try:
+        return _train_run(run, resume, callbacks, started)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def _train_run(run: Run, resume: bool, callbacks: Sequence[TrainingCallback],
+               started: float) -> dict[str, Any]:
     cfg = run.cfg  # resolved: model.vocab_size filled in from the tokenizer
     guard = NonFiniteGuard(cfg.train.max_skipped_steps, grad_clip=cfg.train.grad_clip)
     meter = IntervalMeter(run.device)
@@ -163,20 +173,36 @@ def _open_metrics(run: Run, resume_step: int | None, callbacks: Sequence[Trainin
             run.run_dir, run.cfg.log.tensorboard, resume_step=resume_step, callbacks=callbacks
         )
     except OSError as exc:
-        raise TrainingError(f"cannot write metrics in {run.run_dir} ({exc.strerror or exc})") from None
+        where = exc.filename or run.run_dir
+        raise TrainingError(f"cannot write metrics in {where} ({exc.strerror or exc}); make it writable, "
+                            f"then: {resume_command(run.run_dir)}") from None
 
 
 def build_run(cfg: Config, resume: bool, info: DistInfo | None = None) -> Run:
     """Device, data, model, optimizer and run directory for `cfg` (`info`: this rank under torchrun)."""
-    from albert_gpt.data.pipeline import check_split_sizes, format_stats, prepare_data
-
     info = info or DistInfo(device=resolve_device(cfg.run))
     distributed.check_parallel_config(cfg, info)
     set_threads(cfg.run)
     device = info.device
     dtype = resolve_dtype(cfg.run, device)
-    # Every rank checks, so a refused run directory stops them all; rank 0 alone writes.
-    run_dir = prepare_run_dir(cfg, resume) if info.is_main else check_run_dir(cfg, resume)
+    # Every rank checks, so a refused run directory stops them all; rank 0 alone locks and writes.
+    lock = None
+    if info.is_main:
+        run_dir, lock = prepare_run_dir(cfg, resume)
+    else:
+        run_dir = check_run_dir(cfg, resume)
+    try:
+        return _build_run(cfg, info, device, dtype, run_dir, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build_run(cfg: Config, info: DistInfo, device: torch.device, dtype: torch.dtype, run_dir: Path,
+               lock: RunLock | None) -> Run:
+    from albert_gpt.data.pipeline import check_split_sizes, format_stats, prepare_data
+
     seed_everything(cfg.run.seed)
 
     with distributed.node_main_first(info):  # one process per node builds the token cache
@@ -214,7 +240,7 @@ def build_run(cfg: Config, resume: bool, info: DistInfo | None = None) -> Run:
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         data=data, sampler=sampler, total=total_steps(cfg, info.world_size),
         tokens_per_step=t.batch_size * t.grad_accum_steps * cfg.model.block_size * info.world_size,
-        unigram_ppl=unigram, dist=info,
+        unigram_ppl=unigram, dist=info, lock=lock,
     )
 
 
@@ -299,7 +325,7 @@ def _loop(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, l
         if evaluate:
             _evaluate(run, state, logger)
         if save:
-            _checkpoint(run, state, guard, meter, state.last_val["loss"] if evaluate else None)
+            _checkpoint(run, state, guard, meter, logger, state.last_val["loss"] if evaluate else None)
         if evaluate or save:
             meter.restart_clock()  # evaluation and checkpoint time are not training throughput
 
@@ -307,7 +333,7 @@ def _loop(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, l
         # No step ran: train.max_steps 0 (score the initial model), or a resumed run already complete.
         _evaluate(run, state, logger)
         if state.last_checkpoint is None:
-            _checkpoint(run, state, guard, meter, state.last_val["loss"])
+            _checkpoint(run, state, guard, meter, logger, state.last_val["loss"])
 
 
 def _due(step: int, interval: int, total: int) -> bool:
@@ -362,7 +388,7 @@ def _evaluate(run: Run, state: State, logger: MetricsLogger) -> None:
     logger.flush()
 
 
-def _checkpoint(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter,
+def _checkpoint(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, logger: MetricsLogger,
                 val_loss: float | None) -> None:
     cfg = run.cfg
     train_state = {
@@ -396,6 +422,7 @@ def _checkpoint(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMe
                 else "no checkpoint was written yet"
             raise TrainingError(f"{exc}; {kept}; make room, then: {resume_command(run.run_dir)}") from None
     state.last_checkpoint = distributed.broadcast_object(str(path) if path is not None else None)
+    logger.flush()  # what a resume after a kill keeps: every step up to this checkpoint
 
 
 # ---------------------------------------------------------------- end
