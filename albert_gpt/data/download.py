@@ -140,7 +140,7 @@ def _download(url: str, out: Path, progress: bool, max_bytes: int, timeout_s: fl
             bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
                        desc=f"downloading {Path(urllib.parse.urlparse(url).path).name}", disable=not progress)
             with bar:
-                while chunk := response.read(CHUNK):
+                while chunk := response.read1(CHUNK):  # what has arrived: the deadline is checked often
                     written += len(chunk)
                     if written > max_bytes:
                         raise DataError(f"data.url {url}: more than data.download_max_bytes ({max_bytes:,}) "
