@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ import torch
 from albert_gpt.config import ModelConfig
 from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.study.claims import drift, generalization, gradients, perturbation, sensitivity
-from albert_gpt.study.claims.ledger import run_claim, write_ledger
+from albert_gpt.study.claims.ledger import provenance_problem, run_claim, write_ledger
 from albert_gpt.study.claims.registry import all_claims, get_claim
 from albert_gpt.study.claims.stats import loglog_slope, mean_interval, paired_difference, spearman, t_critical
 
@@ -229,11 +230,38 @@ def test_a_claim_runs_resumes_and_lands_in_the_ledger(tmp_path):
                                  progress=False).read_text())
     assert rerun["cells"][1]["max_value_error"] == 1.0  # a measured cell is reused, not measured again
 
+    assert rerun["rule"] == {"text": claim.rule_text(), "sha256": claim.rule_sha256()}
+    assert re.fullmatch(r"[0-9a-f]{40}(\+uncommitted)?", rerun["commit"])
+    assert rerun["verdict"]["verdict"] == "contradicted"  # the verdict computed when it was measured
+
     ledger = write_ledger(all_claims(), results_dir=results_dir, path=tmp_path / "claims.md").read_text()
     row = next(line for line in ledger.splitlines() if line.startswith("| a |"))
-    assert "**contradicted**" in row  # computed from the (planted) result file, not typed
+    assert "**contradicted" in row  # computed from the (planted) result file, not typed
     assert "**not run yet**" in next(line for line in ledger.splitlines() if line.startswith("| h |"))
-    assert "**Decision rule** (fixed before the runs):" in ledger
+    assert f"**Decision rule** (fixed before the runs; sha256 {claim.rule_sha256()[:12]}):" in ledger
+
+
+def test_a_results_file_stands_only_under_its_own_committed_rule():
+    claim = get_claim("a")
+    good = {"rule": {"sha256": claim.rule_sha256()}, "commit": "0" * 40, "cells": []}
+    assert provenance_problem(claim, good) is None
+    assert "rule changed" in provenance_problem(claim, {**good, "rule": {"sha256": "f" * 64}})
+    assert "before results recorded their rule" in provenance_problem(claim, {"cells": []})
+    assert "not committed" in provenance_problem(claim, {**good, "commit": "0" * 40 + "+uncommitted"})
+
+
+def test_every_committed_results_file_records_the_current_rule():
+    """A results file that records a rule must record the one the code holds now: a rule edited after
+    its results were measured would otherwise pass them off as pre-registered."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for claim in all_claims():
+        path = root / "docs" / "claims" / f"{claim.name}.json"
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        if "rule" in record:
+            assert record["rule"]["sha256"] == claim.rule_sha256(), claim.name
+            assert record["rule"]["text"] == claim.rule_text(), claim.name
 
 
 def test_every_claim_has_its_parts_and_a_shipped_config():
@@ -244,7 +272,8 @@ def test_every_claim_has_its_parts_and_a_shipped_config():
     assert letters == ["a", "b", "c", "d", "e", "f1", "f2", "f3", "g", "h", "i", "j", "k", "l", "m"]
     for claim in all_claims():
         assert (root / claim.config).is_file(), claim.config
-        assert claim.rule.startswith(("supported if", "not testable here unless")), claim.name
+        if claim.decision is None:  # first-edition prose; a Rule renders its own sentence
+            assert claim.rule.startswith(("supported if", "not testable here unless")), claim.name
         cells = claim.cells("cpu")
         assert len({c.get("seed") for c in cells}) >= 3, claim.name
         assert get_claim(claim.name) is claim and get_claim(claim.letter) is claim

@@ -9,9 +9,11 @@ writes docs/claims/<name>.json; `write_ledger` rebuilds docs/claims.md from thos
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import platform
+import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -22,7 +24,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-VERDICTS = ("supported", "contradicted", "mixed", "not testable here")
+from albert_gpt.study.claims.rules import Evidence, Rule, judge
+
+VERDICTS = ("supported", "contradicted", "mixed", "undecided", "not testable here")
 DOCS = Path("docs")
 LEDGER_FILE = DOCS / "claims.md"
 RESULTS_DIR = DOCS / "claims"
@@ -53,6 +57,24 @@ class Claim:
     figure: Callable[[list[dict[str, Any]], Path], None] | None = None
     # Curves worth browsing, written as TensorBoard event files under the work directory.
     tensorboard: Callable[[list[dict[str, Any]], Path], None] | None = None
+    # The second edition: the rule as data (rules.Rule) and what the results give it (rules.Evidence).
+    # A claim that has them is judged by rules.judge; its prose `rule` is then the rendered Rule.
+    decision: Rule | None = None
+    evidence: Callable[[list[dict[str, Any]]], Evidence] | None = None
+
+    def rule_text(self) -> str:
+        return self.decision.text() if self.decision is not None else self.rule
+
+    def rule_sha256(self) -> str:
+        return hashlib.sha256(self.rule_text().encode("utf-8")).hexdigest()
+
+    def verdict_of(self, results: list[dict[str, Any]]) -> tuple[str, str, str]:
+        """(verdict, reason, headline) of results under the current rule."""
+        if self.decision is not None and self.evidence is not None:
+            judged = judge(self.decision, self.evidence(results))
+            return judged.verdict, judged.reason, judged.headline()
+        analysis = self.analyze(results)
+        return analysis.verdict, analysis.reason, analysis.headline
 
 
 def cell_key(cell: dict[str, Any]) -> str:
@@ -115,12 +137,18 @@ def run_claim(
     results = [done[cell_key(c)] for c in cells]
     results_dir.mkdir(parents=True, exist_ok=True)
     out = results_dir / f"{claim.name}.json"
+    verdict, reason, _ = claim.verdict_of(results)
     out.write_text(
         json.dumps(
             {
                 "claim": claim.letter,
                 "name": claim.name,
                 "size": size,
+                # Pre-registration, checkable: the rule as it was when these cells were judged, the code
+                # that measured them, and the verdict computed then.
+                "rule": {"text": claim.rule_text(), "sha256": claim.rule_sha256()},
+                "commit": code_commit(),
+                "verdict": {"verdict": verdict, "reason": reason},
                 "cells": results,
                 "wall_seconds_this_call": round(time.perf_counter() - started, 1),
                 "cell_seconds_total": round(sum(r.get("seconds", 0.0) for r in results), 1),
@@ -150,10 +178,43 @@ def _keep(cache: Path, done: dict[str, dict[str, Any]], measured: tuple[str, dic
 
 
 def load_results(claim: Claim, results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]] | None:
+    record = load_record(claim, results_dir)
+    return None if record is None else record["cells"]
+
+
+def load_record(claim: Claim, results_dir: Path = RESULTS_DIR) -> dict[str, Any] | None:
     path = results_dir / f"{claim.name}.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def code_commit() -> str:
+    """The git commit of the code measuring now, with `+uncommitted` when albert_gpt/ or configs/ differ
+    from it (such results cannot show that their rule was committed first); `unknown` outside git."""
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "albert_gpt", "configs"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+uncommitted" if dirty else "")
+
+
+def provenance_problem(claim: Claim, record: dict[str, Any]) -> str | None:
+    """Why a results file cannot stand as pre-registered evidence for the claim's current rule; None when
+    it can: it records the current rule's hash and was measured by committed code."""
+    rule = record.get("rule")
+    if not isinstance(rule, dict):
+        return "measured before results recorded their rule: re-run to verify"
+    if rule.get("sha256") != claim.rule_sha256():
+        return "the rule changed after these results were measured: re-run"
+    commit = str(record.get("commit", "unknown"))
+    if commit == "unknown" or commit.endswith("+uncommitted"):
+        return "measured by code that was not committed: the rule's pre-registration cannot be shown"
+    return None
 
 
 # ---------------------------------------------------------------- docs/claims.md
@@ -162,15 +223,23 @@ _HEADER = """# The claims ledger
 
 Every claim the LayerNorm article makes that this framework can test, tested on it. Each row
 names the experiment (a config under `configs/claims/` and a grid of cells), the metric, and a
-decision rule written down before the runs; the result is a mean with its 95% interval over
-seeds (Student's t, n = number of seeds); the verdict is computed by code from the results file
-(`docs/claims/NAME.json`), never typed. Where the measurement disagrees with the article, the
-verdict says *contradicted*.
+decision rule written down and committed before the runs; the verdict is computed by code from the
+results file (`docs/claims/NAME.json`), never typed. Where the measurement disagrees with the
+article, the verdict says *contradicted*.
 
-Reproduce one row with `albert-gpt study claim NAME` (default size: at most 10 minutes on 2 CPU
-cores; `--size gpu` for the larger grid), or all of them with `albert-gpt study claim all`;
-`albert-gpt study claim ledger` rewrites this file from the results files without running anything.
-This file is generated: edit the claim modules under `albert_gpt/study/claims/`, not this page.
+Second edition (in progress): a rule is data (`albert_gpt/study/claims/rules.py`) that both renders
+the sentence below and computes the verdict with scipy's tests (paired t for continuous metrics, the
+exact paired permutation test for counts and widths, Holm across comparisons), gated on "trained"
+and, for a claimed failure, on a positive control; verdicts are symmetric (supported, contradicted,
+undecided, not testable here). Each results file records its rule's text and sha256, the commit of
+the code that measured it and the verdict computed then; a row whose file does not record the
+current rule, or was measured by uncommitted code, is marked *unverified* with the reason. Rows
+still judged by their first-edition rule show means with Student-t 95% intervals.
+
+Reproduce one row with `albert-gpt study claim NAME` (`--size gpu` for the larger grid), or all of
+them with `albert-gpt study claim all`; `albert-gpt study claim ledger` rewrites this file from the
+results files without running anything. This file is generated: edit the claim modules under
+`albert_gpt/study/claims/`, not this page.
 """
 
 
@@ -179,17 +248,22 @@ def write_ledger(claims: list[Claim], results_dir: Path = RESULTS_DIR, path: Pat
     summary = ["| | claim | article | verdict | result (mean [95% CI]) |", "|---|---|---|---|---|"]
     sections = []
     for claim in claims:
-        results = load_results(claim, results_dir)
+        record = load_record(claim, results_dir)
+        results = record["cells"] if record else None
         analysis = claim.analyze(results) if results else None
-        if analysis is not None and analysis.verdict not in VERDICTS:
-            raise ValueError(f"claim {claim.letter}: verdict {analysis.verdict!r} is not one of {VERDICTS}")
-        verdict = analysis.verdict if analysis else "not run yet"
-        headline = analysis.headline if analysis else "-"
+        verdict, reason, headline = "not run yet", "", "-"
+        if results:
+            verdict, reason, headline = claim.verdict_of(results)
+            if verdict not in VERDICTS:
+                raise ValueError(f"claim {claim.letter}: verdict {verdict!r} is not one of {VERDICTS}")
+            problem = provenance_problem(claim, record)
+            if problem:
+                verdict = f"{verdict} (unverified: {problem})"
         summary.append(
             f"| {claim.letter} | [{claim.title}](#{claim.letter}-{_anchor(claim.title)}) | "
             f"{claim.sections} | **{verdict}** | {headline.replace('|', '/')} |"
         )
-        sections.append(_section(claim, analysis, results_dir))
+        sections.append(_section(claim, analysis, results_dir, verdict, reason))
     text = _HEADER + "\n" + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -200,7 +274,7 @@ def _anchor(title: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-").replace("--", "-")
 
 
-def _section(claim: Claim, analysis: Analysis | None, results_dir: Path) -> str:
+def _section(claim: Claim, analysis: Analysis | None, results_dir: Path, verdict: str, reason: str) -> str:
     lines = [
         f"## {claim.letter}. {claim.title}",
         "",
@@ -211,13 +285,14 @@ def _section(claim: Claim, analysis: Analysis | None, results_dir: Path) -> str:
         "",
         f"**Metric**: {claim.metric}",
         "",
-        f"**Decision rule** (fixed before the runs): {claim.rule}",
+        f"**Decision rule** (fixed before the runs; sha256 {claim.rule_sha256()[:12]}): "
+        f"{claim.rule_text()}",
         "",
     ]
     if analysis is None:
         lines.append("**Result**: not run yet.")
         return "\n".join(lines)
-    lines += ["**Result**:", "", analysis.table, "", f"**Verdict: {analysis.verdict}.** {analysis.reason}"]
+    lines += ["**Result**:", "", analysis.table, "", f"**Verdict: {verdict}.** {reason}"]
     if (results_dir / f"{claim.name}.png").is_file():
         lines += ["", f"![claim {claim.letter}](claims/{claim.name}.png)"]
     return "\n".join(lines)
