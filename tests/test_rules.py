@@ -100,8 +100,11 @@ def test_a_count_with_zero_variance_uses_the_exact_permutation_test():
     assert judged.results[0].p == pytest.approx(2 / 2**6)  # only all-plus and all-minus are as extreme
     assert judged.verdict == "supported" and (judged.results[0].low, judged.results[0].high) == (2.0, 2.0)
     assert judge(rule, Evidence([], [Pairs([1] * 6, [1] * 6)])).verdict == "undecided"
-    with pytest.raises(ValueError, match="cannot reach p < 0.05"):
+    with pytest.raises(ValueError, match="cannot reach p < 0.05.*at least 6 seeds"):
         Rule((widths,), min_seeds=5)  # 2 / 32 > 0.05: no data could ever decide
+    with pytest.raises(ValueError, match="at least 7 seeds"):
+        Rule((widths, widths), min_seeds=6)  # Holm: 2 x 2 / 64 > 0.05
+    assert Rule((widths, widths), min_seeds=7).min_seeds == 7  # 2 x 2 / 128 < 0.05
 
 
 def test_the_permutation_p_equals_an_enumeration_of_every_sign_flip():
@@ -140,3 +143,34 @@ def test_the_rule_text_and_hash_follow_every_parameter():
     assert "paired t test" in base.text() and "post-LN lower than no norm by at least 0.05" in base.text()
     with pytest.raises(ValueError, match="one pair of lists per comparison"):
         judge(base, Evidence([], []))
+
+
+def _planted_lr_results(trainable: dict[str, int], unigram: float | None = 3.25) -> list[dict]:
+    """f1's cells: each arm ends at 2.0 at its first `trainable[arm]` learning rates, 3.2 at the others."""
+    from albert_gpt.study.claims import sensitivity
+
+    cells = []
+    for arm in sensitivity.LR_ARMS:
+        for i, lr in enumerate(sensitivity.LRS):
+            for warmup in (True, False):
+                for seed in sensitivity.LR_SEEDS["cpu"]:
+                    loss = 2.0 + 0.01 * seed * (i == 0) if i < trainable[arm] else 3.2
+                    cells.append({"arm": arm, "lr": lr, "warmup": warmup, "seed": seed, "val_loss": loss,
+                                  "diverged": False, "unigram_loss": unigram})
+    return cells
+
+
+def test_f1_judges_planted_ranges_under_its_rule():
+    from albert_gpt.study.claims.sensitivity import LR_CLAIM, lr_width
+
+    wide = {"post-LN": 4, "pre-LN": 4, "no norm + final LN": 2, "no norm, bare": 1}
+    results = _planted_lr_results(wide)
+    assert lr_width(results, "post-LN", 3, True) == 2.0  # 4 half-decade settings within the margin
+    assert LR_CLAIM.verdict_of(results)[0] == "supported"
+    narrow = {"post-LN": 1, "pre-LN": 4, "no norm + final LN": 3, "no norm, bare": 3}
+    assert LR_CLAIM.verdict_of(_planted_lr_results(narrow))[0] == "contradicted"
+    verdict, reason, _ = LR_CLAIM.verdict_of(_planted_lr_results(wide, unigram=2.1))
+    assert verdict == "not testable here" and "below the unigram loss" in reason
+    saturated = {**wide, "pre-LN": 7}
+    verdict, reason, _ = LR_CLAIM.verdict_of(_planted_lr_results(saturated))
+    assert verdict == "not testable here" and "pre-LN seed 1" in reason

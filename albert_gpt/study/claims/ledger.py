@@ -104,6 +104,7 @@ def run_claim(
 ) -> Path:
     """Measure every cell of `claim` (cells already measured in `work_dir` are reused unless `fresh`),
     then write the results file `results_dir/<name>.json` and the claim's figure; returns that file."""
+    commit = code_commit()  # the code that measures, as it is when measuring starts
     cells = claim.cells(size)
     cache = work_dir / claim.name / size
     cache.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,7 @@ def run_claim(
                 # Pre-registration, checkable: the rule as it was when these cells were judged, the code
                 # that measured them, and the verdict computed then.
                 "rule": {"text": claim.rule_text(), "sha256": claim.rule_sha256()},
-                "commit": code_commit(),
+                "commit": commit,
                 "verdict": {"verdict": verdict, "reason": reason},
                 "cells": results,
                 "wall_seconds_this_call": round(time.perf_counter() - started, 1),

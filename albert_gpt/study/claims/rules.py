@@ -96,13 +96,15 @@ class Rule:
     note: str = ""  # anything else the rule fixes in advance, rendered with it
 
     def __post_init__(self) -> None:
-        # An exact two-sided permutation test over n paired seeds cannot go below 2 / 2^n: a count
-        # comparison with too few seeds could never decide, whatever the data.
-        floor = 2.0 / 2 ** self.min_seeds
+        # An exact two-sided permutation test over n paired seeds cannot go below 2 / 2^n, and Holm
+        # multiplies the smallest p by the number of comparisons: a design whose count comparisons could
+        # never decide, whatever the data, is refused here rather than run.
+        floor = 2.0 / 2 ** self.min_seeds * len(self.comparisons)
         if any(c.kind == "count" for c in self.comparisons) and floor >= self.alpha:
+            need = next(n for n in range(1, 64) if 2.0 / 2**n * len(self.comparisons) < self.alpha)
             raise ValueError(f"a count comparison over {self.min_seeds} seeds cannot reach p < "
-                             f"{self.alpha:g} (the exact test's smallest p is {floor:.3g}); use at least 6 "
-                             "seeds")
+                             f"{self.alpha:g} (the exact test's smallest p, Holm-corrected, is {floor:.3g}); "
+                             f"use at least {need} seeds")
         if not self.comparisons:
             raise ValueError("a rule needs at least one comparison")
 
