@@ -201,15 +201,24 @@ def test_generalization_rule(gap, best, verdict):
     assert generalization.analyze(_generalization_results(gap, best)).verdict == verdict
 
 
-@pytest.mark.parametrize("post_amp, verdict", [(0.5, "supported"), (50.0, "contradicted")])
-def test_perturbation_rule(post_amp, verdict):
+@pytest.mark.parametrize("post_amp, untrained, verdict", [
+    (0.5, False, "supported"), (50.0, False, "contradicted"), (5.0, False, "undecided"),
+    (0.5, True, "not testable here"),
+])
+def test_perturbation_rule(post_amp, untrained, verdict):
+    """Planted amplifications (the other arms: 5x): post-LN's 0.5x or 50x decides either way, an equal one
+    is undecided, and a comparator that never left the unigram plateau makes the row not testable."""
     results = []
     for arm in perturbation.ARMS_HERE:
         amp = post_amp if arm == "post-LN" else 5.0
-        for seed, noise in ((1, 1.0), (2, 1.05), (3, 0.95)):
-            run = {"per_layer": [1e-3, 1e-3 * amp * noise], "logits": 1e-3 * amp}
-            results.append({"arm": arm, "seed": seed, "init": run, "trained": run})
+        for seed, noise in zip(perturbation.SEEDS["cpu"], (1.0, 1.05, 0.95, 1.02, 0.98, 1.01)):
+            run = {"per_layer": [1e-3, 1e-3 * amp * noise], "absolute_per_layer": [1.0, amp * noise],
+                   "logits": 1e-3 * amp}
+            stuck = untrained and arm == "no norm + final LN"
+            results.append({"arm": arm, "seed": seed, "init": run, "trained": run,
+                            "val_loss": 3.2 if stuck else 2.4, "unigram_loss": 3.25})
     assert perturbation.analyze(results).verdict == verdict
+    assert perturbation.CLAIM.verdict_of(results)[0] == verdict
 
 
 # ---------------------------------------------------------------- running a claim, writing the ledger
