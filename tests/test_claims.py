@@ -327,3 +327,22 @@ def test_evaluation_in_train_mode_uses_batch_statistics():
     model.eval()
     got = evaluate_tokens(model, tokens, T, 4, "cpu", max_batches=1, train_mode=True)["loss"]
     assert got == pytest.approx(by_hand, rel=1e-5)
+
+
+@pytest.mark.parametrize("others_spread, post_loss, verdict", [
+    (3.0, 2.4, "supported"), (1.1, 2.4, "undecided"), (3.0, 3.1, "not testable here"),
+])
+def test_activations_rule(others_spread, post_loss, verdict):
+    """Planted per-layer RMS: post-LN's trained spread 1.2 against the others' (with seed noise); a post-LN
+    model that ended near the unigram loss makes the row not testable."""
+    from albert_gpt.study.claims import activations
+
+    results = []
+    for arm in activations.ARMS_HERE:
+        for sharing in ("shared", "unshared"):
+            for seed, noise in zip(activations.SEEDS["cpu"], (1.0, 1.04, 0.97, 1.02, 0.99, 1.01)):
+                top = (1.2 if arm == "post-LN" else others_spread) * noise
+                results.append({"arm": arm, "sharing": sharing, "seed": seed, "rms_init": [1.0] * 6,
+                                "rms_trained": [1.0] * 5 + [top], "unigram_loss": 3.25,
+                                "val_loss": post_loss if arm == "post-LN" else 2.6})
+    assert activations.CLAIM.verdict_of(results)[0] == verdict
