@@ -41,7 +41,7 @@ BatchStats = Literal["per_depth", "shared"]
 DataSource = Literal["builtin", "files", "hub", "url"]
 EncodingErrors = Literal["replace", "strict"]
 TokenizerType = Literal["bpe", "char", "pretrained"]
-InitScheme = Literal["gpt2", "torch"]
+InitScheme = Literal["gpt2", "normal", "torch"]
 Schedule = Literal["cosine", "linear", "constant", "inverse_sqrt"]
 
 
@@ -121,8 +121,9 @@ class ModelConfig:
     )
     init_std: float = opt(0.02, "std of the normal init of weights", min_exclusive=0.0)
     init_scheme: InitScheme = opt(
-        "gpt2", "gpt2 (N(0, init_std), residual output projections scaled down with depth) | torch (each "
-        "layer's own PyTorch default: fan-in uniform for linear, conv and LSTM weights, N(0, 1) embeddings)"
+        "gpt2", "gpt2 (N(0, init_std), residual output projections scaled down with depth) | normal "
+        "(N(0, init_std) everywhere, nothing scaled with depth) | torch (each layer's own PyTorch default: "
+        "fan-in uniform for linear, conv and LSTM weights, N(0, 1) embeddings)"
     )
     conv_kernel_size: int = opt(3, "conv: taps of each causal convolution", min=2, max=MAX_CONTEXT)
     conv_dilation_cycle: int = opt(

@@ -191,6 +191,15 @@ def test_gpt2_init_scales_residual_projections():
     assert torch.equal(block.attn_norm.weight, torch.ones(128))
 
 
+@pytest.mark.parametrize("n_layers", [2, 32])
+def test_normal_init_scales_nothing_with_depth(n_layers):
+    """`init_scheme: normal`: every weight ~ N(0, 0.02) whatever the depth (the depth-independent arm)."""
+    torch.manual_seed(0)
+    block = AlbertGPT(tiny(n_layers=n_layers, n_embd=128, n_heads=4, init_scheme="normal")).blocks[0]
+    for w in (block.attn.qkv.weight, block.attn.proj.weight, block.ffn.fc.weight, block.ffn.proj.weight):
+        assert w.std().item() == pytest.approx(0.02, rel=0.05)
+
+
 def test_deepnorm_init_scales_value_ffn_and_output_by_beta():
     """DeepNorm: value rows, FFN and output projections ~ N(0, 0.02 * (8N)^(-1/4)); q and k stay 0.02."""
     torch.manual_seed(0)

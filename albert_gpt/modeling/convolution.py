@@ -105,7 +105,8 @@ class ConvLM(CausalLM):
                 nn.init.zeros_(m.bias)
         with torch.no_grad():
             for block in self.blocks:
-                nn.init.normal_(block.branch.proj.weight, mean=0.0, std=std / self.cfg.n_layers**0.5)
+                scale = 1.0 if self.cfg.init_scheme == "normal" else self.cfg.n_layers**-0.5
+                nn.init.normal_(block.branch.proj.weight, mean=0.0, std=std * scale)
         for m in self.modules():
             if isinstance(m, NORM_TYPES):
                 m.reset_parameters()

@@ -52,7 +52,8 @@ class AlbertGPT(CausalLM):
 
         Scaling is 1/sqrt(2N) (two residual branches per application, N = n_layers
         applications); DeepNorm instead scales FFN, value and output projections by
-        beta = (8N)^(-1/4). Norms then restore their own defaults.
+        beta = (8N)^(-1/4). `init_scheme: normal` scales nothing (a depth-independent init).
+        Norms then restore their own defaults.
         """
         if self.cfg.init_scheme == "torch":
             torch_default_init(self)
@@ -65,6 +66,8 @@ class AlbertGPT(CausalLM):
                 nn.init.zeros_(m.bias)
         deepnorm = self.cfg.norm_placement == "deepnorm"
         scaled = std * (8 * n) ** -0.25 if deepnorm else std / math.sqrt(2 * n)
+        if self.cfg.init_scheme == "normal":  # depth-independent: nothing scaled down
+            scaled = std
         H = self.cfg.n_embd
         with torch.no_grad():
             for m in self.modules():

@@ -33,6 +33,8 @@ ARMS: dict[str, list[str]] = {
     "no norm, bare": ["model.norm_placement=none", "model.final_norm=false"],
     "BN per depth": ["model.norm_placement=post", "model.norm=batchnorm", "model.batch_stats=per_depth"],
     "RMSNorm": ["model.norm_placement=post", "model.norm=rmsnorm"],
+    # post-LN with DeepNet's residual scale alpha = (2N)^(1/4) and init beta = (8N)^(-1/4) for N applications
+    "DeepNorm": ["model.norm_placement=deepnorm"],
 }
 EVAL_SEED = 1_000_003  # evaluation windows: fixed, apart from every training seed
 

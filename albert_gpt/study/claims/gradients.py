@@ -1,5 +1,9 @@
 """Claim b: without normalization, gradients vanish or explode with depth; post-LN keeps them steady.
 
+Two inits: GPT-2's, which scales residual output projections by 1/sqrt(2L) and so hides part of the
+no-norm arms' growth with depth, and a depth-independent one (`init_scheme: normal`). Judged under the
+ledger's second edition (rules.py).
+
 Shapes: B batch, T tokens, L layer applications.
 """
 
@@ -12,29 +16,38 @@ from typing import Any
 from albert_gpt.config import load_config
 from albert_gpt.study.claims.common import ARMS, build_model, prepared_data, probe_batch, sharing_overrides
 from albert_gpt.study.claims.ledger import Analysis, Claim
+from albert_gpt.study.claims.rules import (
+    Comparison,
+    Evidence,
+    GateResult,
+    Pairs,
+    PositiveControl,
+    Rule,
+    judge,
+)
 from albert_gpt.study.claims.stats import loglog_slope, mean_interval
 from albert_gpt.study.grad_at_init import ffn_out_grad_norms, unshared_copy
 from albert_gpt.study.report import markdown_table
 
 CONFIG = "configs/claims/gradients.yaml"
-PLACEMENTS = ("post-LN", "pre-LN", "no norm + final LN", "no norm, bare")
+PLACEMENTS = ("post-LN", "pre-LN", "DeepNorm", "no norm + final LN", "no norm, bare")
+INITS = ("gpt2", "normal")  # GPT-2's depth-scaled residual init, and a depth-independent one
 SIZES = {
-    "cpu": {"depths": (2, 4, 8, 16, 32, 64), "stds": (0.02, 0.06, 0.125, 0.25), "seeds": (1, 2, 3)},
-    "gpu": {
-        "depths": (2, 4, 8, 16, 32, 64, 128),
-        "stds": (0.02, 0.06, 0.125, 0.25),
-        "seeds": (1, 2, 3, 4, 5),
-    },
+    "cpu": {"depths": (2, 4, 8, 16, 32, 64), "stds": (0.02, 0.125), "seeds": (1, 2, 3, 4, 5, 6)},
+    "gpu": {"depths": (2, 4, 8, 16, 32, 64, 128), "stds": (0.02, 0.125), "seeds": (1, 2, 3, 4, 5, 6, 7, 8)},
 }
-STEADY = 0.3  # |b| at most this: steady; a gradient that changes 6x over 2..64 layers has |b| = 0.52
+MIN_EFFECT = 0.2  # in |b|: over L = 2 ... 64, a gradient 2x steadier (32^0.2 = 2)
+CONTROL = 0.5  # |b| the positive control must reach: the gradient changes 5.7x over L = 2 ... 64
+FLOAT32_MAX = 3.4028234663852886e38  # an overflowing gradient counts as this: a lower bound of its size
 
 
 def cells(size: str) -> list[dict[str, Any]]:
     s = SIZES[size]
     return [
-        {"arm": arm, "sharing": sharing, "init_std": std, "n_layers": L, "seed": seed}
+        {"arm": arm, "sharing": sharing, "init": init, "init_std": std, "n_layers": L, "seed": seed}
         for arm in PLACEMENTS
         for sharing in ("shared", "unshared")
+        for init in INITS
         for std in s["stds"]
         for L in s["depths"]
         for seed in s["seeds"]
@@ -51,6 +64,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
             *sharing_overrides(cell["sharing"], L),
             f"model.n_layers={L}",
             f"model.init_std={cell['init_std']}",
+            f"model.init_scheme={cell.get('init', 'gpt2')}",
             f"run.seed={cell['seed']}",
         ],
     )
@@ -66,15 +80,26 @@ def _value(v: float | None) -> float:
     return math.inf if v is None else v
 
 
-def exponents(results: list[dict[str, Any]], arm: str, sharing: str, std: float) -> list[float]:
-    """Per seed: the slope b of log ||dL/dW2 (last layer)|| against log L."""
+def exponents(
+    results: list[dict[str, Any]],
+    arm: str,
+    sharing: str,
+    std: float,
+    init: str = "gpt2",
+    capped: bool = False,
+) -> list[float]:
+    """Per seed: the slope b of log ||dL/dW2 (last layer)|| against log L; with `capped`, a gradient that
+    overflowed float32 counts as float32's largest value (a lower bound), else the slope is infinite."""
     out = []
     for seed in sorted({r["seed"] for r in results}):
         pts = sorted(
             (r["n_layers"], _value(r["per_layer"][-1]))
             for r in results
-            if (r["arm"], r["sharing"], r["init_std"], r["seed"]) == (arm, sharing, std, seed)
+            if (r["arm"], r["sharing"], r["init_std"], r["seed"], r.get("init", "gpt2"))
+            == (arm, sharing, std, seed, init)
         )
+        if capped:
+            pts = [(L, min(g, FLOAT32_MAX)) for L, g in pts]
         if any(not math.isfinite(g) for _, g in pts):
             out.append(math.inf)  # overflowed: the gradient exploded beyond float32
         else:
@@ -82,55 +107,68 @@ def exponents(results: list[dict[str, Any]], arm: str, sharing: str, std: float)
     return out
 
 
-def analyze(results: list[dict[str, Any]]) -> Analysis:
-    stds = sorted({r["init_std"] for r in results})
-    post_steady, post_unsteady, bare_unsteady = True, False, True
-    rows = []
-    for arm in PLACEMENTS:
-        for sharing in ("shared", "unshared"):
-            ivs = [mean_interval(exponents(results, arm, sharing, std)) for std in stds]
-            rows.append([arm, sharing, *[_show(iv) for iv in ivs]])
-            for std, iv in zip(stds, ivs):
-                inside = math.isfinite(iv.mean) and -STEADY <= iv.low and iv.high <= STEADY
-                outside = not math.isfinite(iv.mean) or iv.low > STEADY or iv.high < -STEADY
-                if arm == "post-LN":
-                    post_steady &= inside
-                    post_unsteady |= outside
-                if arm == "no norm, bare" and std >= 0.125:
-                    bare_unsteady &= outside
-    table = markdown_table(["arm", "sharing", *[f"b at init std {s}" for s in stds]], rows)
-    at = {
-        (arm, sh): _show(mean_interval(exponents(results, arm, sh, 0.125)))
-        for arm in ("post-LN", "no norm, bare")
-        for sh in ("shared", "unshared")
-    }
-    headline = (
-        f"b at init std 0.125: post-LN {at['post-LN', 'shared']} shared, {at['post-LN', 'unshared']} "
-        f"unshared; no norm, bare {at['no norm, bare', 'shared']} shared, "
-        f"{at['no norm, bare', 'unshared']} unshared"
+_METRIC_NAME = "|b|, shared, init std 0.02"
+RULE = Rule(
+    comparisons=tuple(
+        Comparison(f"{_METRIC_NAME}, {init} init", "post-LN", "no norm, bare", "lower", MIN_EFFECT)
+        for init in INITS
+    ),
+    gates=(
+        PositiveControl(
+            f"the bare no-norm model's |b| is at least {CONTROL} in every seed with the "
+            "depth-independent init at std 0.125, shared: the measurement sees a gradient that "
+            "explodes or vanishes with depth"
+        ),
+    ),
+    min_seeds=len(SIZES["cpu"]["seeds"]),
+    note=(
+        "b is the least-squares slope of log ||dLoss/dW2|| of the last layer against log L over L = 2 ... 64 "
+        "at initialization, per seed; a gradient that overflowed float32 counts as float32's largest value "
+        f"(a lower bound). Minimum effect {MIN_EFFECT:g} in |b| (2x steadier over the depth range). pre-LN, "
+        "DeepNorm, no norm + final LN, init std 0.125 and the unshared models are reported, not judged."
+    ),
+)
+
+
+def _evidence(results: list[dict[str, Any]]) -> Evidence:
+    control = [abs(b) for b in exponents(results, "no norm, bare", "shared", 0.125, "normal", capped=True)]
+    gate = GateResult(
+        bool(control) and min(control) >= CONTROL,
+        f"bare model, depth-independent init, std 0.125: |b| {min(control, default=math.nan):.2f} "
+        f"to {max(control, default=math.nan):.2f} across seeds (control: {CONTROL:g})",
     )
-    if post_steady and bare_unsteady:
-        verdict, reason = (
-            "supported",
-            (
-                f"post-LN's interval of b lies inside ±{STEADY} at every init scale, shared and unshared, "
-                "and the bare model's lies outside it at init std 0.125 and 0.25."
-            ),
+    pairs = [
+        Pairs(
+            [abs(b) for b in exponents(results, "post-LN", "shared", 0.02, init, capped=True)],
+            [abs(b) for b in exponents(results, "no norm, bare", "shared", 0.02, init, capped=True)],
         )
-    elif post_unsteady:
-        verdict = "contradicted"
-        reason = f"post-LN's interval of b lies outside ±{STEADY} at some init scale."
-    else:
-        post_part = "stays" if post_steady else "does not always stay"
-        bare_part = "leaves" if bare_unsteady else "does not always leave"
-        verdict, reason = (
-            "mixed",
-            (
-                f"post-LN {post_part} within ±{STEADY}; the bare model {bare_part} "
-                "it at init std 0.125 and 0.25."
-            ),
-        )
-    return Analysis(verdict, reason, headline, table)
+        for init in INITS
+    ]
+    return Evidence([gate], pairs)
+
+
+def analyze(results: list[dict[str, Any]]) -> Analysis:
+    judged = judge(RULE, _evidence(results))
+    stds = sorted({r["init_std"] for r in results})
+    inits = [i for i in INITS if any(r.get("init", "gpt2") == i for r in results)]
+    rows = [
+        [
+            arm,
+            sharing,
+            *[
+                _show(mean_interval(exponents(results, arm, sharing, std, init)))
+                for init in inits
+                for std in stds
+            ],
+        ]
+        for arm in PLACEMENTS
+        if any(r["arm"] == arm for r in results)
+        for sharing in ("shared", "unshared")
+    ]
+    table = markdown_table(
+        ["arm", "sharing", *[f"b, {init} init, std {std}" for init in inits for std in stds]], rows
+    )
+    return Analysis(judged.verdict, judged.reason, judged.headline(), table)
 
 
 def _show(iv: Any) -> str:
@@ -143,7 +181,10 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     plt = pyplot()
     stds = sorted({r["init_std"] for r in results})
     fig, axes = plt.subplots(1, len(stds) + 1, figsize=(4 * (len(stds) + 1), 3.4))
-    colours = dict(zip(PLACEMENTS, ("C0", "C1", "C2", "C3")))
+    colours = dict(zip(PLACEMENTS, ("C0", "C1", "C4", "C2", "C3")))
+    results = [
+        r for r in results if r.get("init", "gpt2") == "normal"
+    ] or results  # the depth-independent init
     for ax, std in zip(axes, stds):
         for arm in PLACEMENTS:
             for sharing, ls in (("unshared", "-"), ("shared", "--")):
@@ -200,15 +241,19 @@ CLAIM = Claim(
     statement="Without normalization the gradients of a deep stack vanish or explode with depth; post-LN "
     "keeps each layer's gradient about the same size whatever the depth.",
     experiment="At initialization (no training), one fixed batch of 8 x 64 characters: the gradient norm of "
-    "every layer's FFN output projection W2 for post-LN, pre-LN, no norm with a final LN and no "
-    "norm at all, shared (one block applied L times; the gradient of each application, taken on "
-    "an unshared copy) and unshared, init std 0.02 / 0.06 / 0.125 / 0.25, L = 2 ... 64, 3 seeds.",
+    f"every layer's FFN output projection W2 for {', '.join(PLACEMENTS)}, shared (one block applied L times; "
+    "the gradient of each application, taken on an unshared copy) and unshared, GPT-2's init (residual "
+    "projections scaled by 1/sqrt(2L)) and a depth-independent N(0, std) init, std "
+    f"{' / '.join(str(s) for s in SIZES['cpu']['stds'])}, L = {SIZES['cpu']['depths'][0]} ... "
+    f"{SIZES['cpu']['depths'][-1]}, {len(SIZES['cpu']['seeds'])} seeds. The figure shows the "
+    "depth-independent init.",
     config=CONFIG,
     metric="the exponent b in ||dLoss/dW2 of the last layer|| ~ L^b, fitted per seed over L (least squares "
-    "on logs); mean and 95% t interval over seeds. 'overflow': a gradient was not finite in float32.",
-    rule=f"supported if post-LN's interval of b lies inside [-{STEADY}, {STEADY}] at every init std, shared "
-    f"and unshared, and the bare no-norm model's lies entirely outside it at init std 0.125 and 0.25; "
-    f"contradicted if post-LN's lies entirely outside it at some init std; otherwise mixed.",
+    "on logs); mean and 95% t interval over seeds in the table ('overflow': a gradient was not finite in "
+    "float32).",
+    rule="",
+    decision=RULE,
+    evidence=_evidence,
     cells=cells,
     measure=measure,
     analyze=analyze,
