@@ -62,8 +62,16 @@ def test_noise_alone_is_undecided():
 def test_the_trained_gate_and_the_positive_control_make_a_row_not_testable():
     rule = Rule((LOSS,), gates=(Trained("post-LN", 0.3), PositiveControl("no norm diverges at lr 1e-1")))
     assert _judge(rule, _pairs(2.0, 2.5), gates=(True, True)) == "supported"
-    judged = judge(rule, Evidence([GateResult(False, "post-LN 0.1 nats below unigram in seed 3"),
-                                   GateResult(True, "diverged in 5 of 5")], [_pairs(2.0, 2.5)]))
+    judged = judge(
+        rule,
+        Evidence(
+            [
+                GateResult(False, "post-LN 0.1 nats below unigram in seed 3"),
+                GateResult(True, "diverged in 5 of 5"),
+            ],
+            [_pairs(2.0, 2.5)],
+        ),
+    )
     assert judged.verdict == "not testable here"
     assert "seed 3" in judged.reason and "seed 3" in judged.headline()
     assert _judge(rule, _pairs(2.0, 2.5), gates=(True, False)) == "not testable here"
@@ -155,8 +163,17 @@ def _planted_lr_results(trainable: dict[str, int], unigram: float | None = 3.25)
             for warmup in (True, False):
                 for seed in sensitivity.LR_SEEDS["cpu"]:
                     loss = 2.0 + 0.01 * seed * (i == 0) if i < trainable[arm] else 3.2
-                    cells.append({"arm": arm, "lr": lr, "warmup": warmup, "seed": seed, "val_loss": loss,
-                                  "diverged": False, "unigram_loss": unigram})
+                    cells.append(
+                        {
+                            "arm": arm,
+                            "lr": lr,
+                            "warmup": warmup,
+                            "seed": seed,
+                            "val_loss": loss,
+                            "diverged": False,
+                            "unigram_loss": unigram,
+                        }
+                    )
     return cells
 
 
@@ -174,3 +191,36 @@ def test_f1_judges_planted_ranges_under_its_rule():
     saturated = {**wide, "pre-LN": 7}
     verdict, reason, _ = LR_CLAIM.verdict_of(_planted_lr_results(saturated))
     assert verdict == "not testable here" and "pre-LN seed 1" in reason
+
+
+def test_f2_judges_planted_init_ranges_under_its_rule():
+    from albert_gpt.study.claims import sensitivity
+
+    def planted(trainable: dict[str, int]) -> list[dict]:
+        return [
+            {
+                "arm": arm,
+                "init_std": std,
+                "seed": seed,
+                "diverged": False,
+                "unigram_loss": 3.25,
+                "val_loss": 2.0 + 0.01 * seed * (i == 0) if i < trainable[arm] else 3.2,
+            }
+            for arm in sensitivity.LR_ARMS
+            for i, std in enumerate(sensitivity.INIT_STDS)
+            for seed in sensitivity.LR_SEEDS["cpu"]
+        ]
+
+    claim = sensitivity.INIT_CLAIM
+    assert (
+        claim.verdict_of(planted({"post-LN": 5, "pre-LN": 5, "no norm + final LN": 2, "no norm, bare": 1}))[0]
+        == "supported"
+    )
+    assert (
+        claim.verdict_of(planted({"post-LN": 1, "pre-LN": 5, "no norm + final LN": 4, "no norm, bare": 4}))[0]
+        == "contradicted"
+    )
+    assert (
+        claim.verdict_of(planted({"post-LN": 6, "pre-LN": 6, "no norm + final LN": 6, "no norm, bare": 6}))[0]
+        == "not testable here"
+    )  # the grid never fails: widths cannot differ

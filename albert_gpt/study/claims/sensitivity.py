@@ -33,7 +33,8 @@ CONFIG = "configs/claims/train.yaml"
 NEAR_BEST = 0.05  # nats: a setting "trains" when its final val loss is this close to the arm's best
 SEEDS = {"cpu": (1, 2, 3), "gpu": (1, 2, 3, 4, 5)}
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # half-decade steps (x 3.16)
-INIT_STDS = (0.02, 0.06, 0.125, 0.25)
+INIT_STDS = (0.02, 0.06, 0.125, 0.25, 0.5, 1.0)  # to 1.0: the grid must reach every arm's failing end
+INIT_STEPS = 300
 BATCHES = (4, 8, 16, 32)  # at an equal token budget: 16 x 32 x 200 tokens
 TOKENS = 16 * 32 * 200
 LR_STEPS = 300  # past the unigram plateau: post-LN ends ~0.9 nats below it at lr 3e-3 (pilot, seed 1)
@@ -45,8 +46,22 @@ POINT_DECADES = 0.5  # the grid's spacing: each trainable setting is half a deca
 
 
 def _lr_cells(size: str) -> list[dict[str, Any]]:
-    return [{"arm": arm, "lr": lr, "warmup": warmup, "seed": seed}
-            for arm in LR_ARMS for lr in LRS for warmup in (True, False) for seed in LR_SEEDS[size]]
+    return [
+        {"arm": arm, "lr": lr, "warmup": warmup, "seed": seed}
+        for arm in LR_ARMS
+        for lr in LRS
+        for warmup in (True, False)
+        for seed in LR_SEEDS[size]
+    ]
+
+
+def _init_cells(size: str) -> list[dict[str, Any]]:
+    return [
+        {"arm": arm, "init_std": std, "seed": seed}
+        for arm in LR_ARMS
+        for std in INIT_STDS
+        for seed in LR_SEEDS[size]
+    ]
 
 
 def _cells(size: str, axis: str, values: tuple) -> list[dict[str, Any]]:
@@ -66,7 +81,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
             f"train.warmup_steps={LR_STEPS // 10 if cell['warmup'] else 0}",
         ]
     if "init_std" in cell:
-        overrides += [f"model.init_std={cell['init_std']}", "train.max_steps=200"]
+        overrides += [f"model.init_std={cell['init_std']}", f"train.max_steps={INIT_STEPS}"]
     if "batch_size" in cell:
         steps = TOKENS // (cell["batch_size"] * 32)
         overrides += [
@@ -223,44 +238,152 @@ LR_RULE = Rule(
     ),
     gates=(
         Trained("post-LN", TRAINED_MARGIN),
-        PositiveControl("every arm has a learning rate of the grid outside the margin in every seed (warmup "
-                        "on): the grid reaches each arm's failing end, so a range can be seen to differ"),
+        PositiveControl(
+            "every arm has a learning rate of the grid outside the margin in every seed (warmup "
+            "on): the grid reaches each arm's failing end, so a range can be seen to differ"
+        ),
     ),
     min_seeds=len(LR_SEEDS["cpu"]),
-    note=(f"A setting trains when its final validation loss after {LR_STEPS} steps is within {MARGIN:g} nats "
-          "of the best loss of all arms at that seed and warmup setting (a diverged run never trains); an "
-          f"arm's range is {POINT_DECADES:g} decades per such setting of the half-decade grid "
-          f"{LRS[0]:g} ... {LRS[-1]:g}. Warmup off is reported, not judged."),
+    note=(
+        f"A setting trains when its final validation loss after {LR_STEPS} steps is within {MARGIN:g} nats "
+        "of the best loss of all arms at that seed and warmup setting (a diverged run never trains); an "
+        f"arm's range is {POINT_DECADES:g} decades per such setting of the half-decade grid "
+        f"{LRS[0]:g} ... {LRS[-1]:g}. Warmup off is reported, not judged."
+    ),
 )
 
 
 def lr_width(results: list[dict[str, Any]], arm: str, seed: int, warmup: bool) -> float:
     """Decades of learning rate over which `arm` ends within MARGIN of the best of all arms (same seed,
     same warmup setting)."""
-    same = [r for r in results if r["seed"] == seed and r.get("warmup") == warmup and "lr" in r]
+    return POINT_DECADES * trainable_count(results, arm, seed, "lr", warmup)
+
+
+def trainable_count(
+    results: list[dict[str, Any]], arm: str, seed: int, axis: str, warmup: bool | None = None
+) -> int:
+    """Settings of `axis` at which `arm` ends within MARGIN of the best loss of all arms (same seed and,
+    for the learning rate, the same warmup setting)."""
+    same = [
+        r
+        for r in results
+        if r["seed"] == seed and axis in r and (warmup is None or r.get("warmup") == warmup)
+    ]
     best_all = min(_loss(r) for r in same)
-    return POINT_DECADES * sum(_loss(r) <= best_all + MARGIN for r in same if r["arm"] == arm)
+    return sum(_loss(r) <= best_all + MARGIN for r in same if r["arm"] == arm)
+
+
+def _trained_gate(results: list[dict[str, Any]], axis: str, warmup: bool | None) -> GateResult:
+    """post-LN's best setting ends at least TRAINED_MARGIN below the unigram loss in every seed."""
+    seeds = sorted({r["seed"] for r in results})
+    unigrams = {r.get("unigram_loss") for r in results}
+    if None in unigrams or len(unigrams) != 1:
+        return GateResult(False, "the results do not record one unigram loss (measured before they did)")
+    unigram = unigrams.pop()
+    gaps = [unigram - best(results, "post-LN", s, axis, warmup) for s in seeds]
+    return GateResult(
+        min(gaps) >= TRAINED_MARGIN,
+        f"post-LN's best setting ends {min(gaps):.2f} to {max(gaps):.2f} nats below the "
+        f"unigram loss ({unigram:.2f}) across seeds (gate: {TRAINED_MARGIN:g})",
+    )
+
+
+def _grid_fails_gate(
+    results: list[dict[str, Any]], axis: str, values: tuple, warmup: bool | None
+) -> GateResult:
+    """Every arm ends outside the margin at some setting, in every seed: the grid reaches each failing end."""
+    seeds = sorted({r["seed"] for r in results})
+    saturated = [
+        f"{arm} seed {s}"
+        for arm in LR_ARMS
+        for s in seeds
+        if trainable_count(results, arm, s, axis, warmup) >= len(values)
+    ]
+    return GateResult(
+        not saturated,
+        "no setting of the grid fails for " + ", ".join(saturated[:4])
+        if saturated
+        else "every arm fails somewhere on the grid in every seed",
+    )
 
 
 def _lr_evidence(results: list[dict[str, Any]]) -> Evidence:
     seeds = sorted({r["seed"] for r in results})
-    unigrams = {r.get("unigram_loss") for r in results}
-    if None in unigrams or len(unigrams) != 1:
-        trained = GateResult(False, "the results do not record one unigram loss (measured before they did)")
-    else:
-        unigram = unigrams.pop()
-        gaps = [unigram - best(results, "post-LN", s, "lr", True) for s in seeds]
-        trained = GateResult(min(gaps) >= TRAINED_MARGIN,
-                             f"post-LN's best setting ends {min(gaps):.2f} to {max(gaps):.2f} nats below the "
-                             f"unigram loss ({unigram:.2f}) across seeds (gate: {TRAINED_MARGIN:g})")
-    full = POINT_DECADES * len(LRS)
-    saturated = [f"{arm} seed {s}" for arm in LR_ARMS for s in seeds
-                 if lr_width(results, arm, s, True) >= full]
-    control = GateResult(not saturated, "no setting of the grid fails for " + ", ".join(saturated[:4])
-                         if saturated else "every arm fails somewhere on the grid in every seed")
-    pairs = [Pairs([lr_width(results, c.a, s, True) for s in seeds],
-                   [lr_width(results, c.b, s, True) for s in seeds]) for c in LR_RULE.comparisons]
-    return Evidence([trained, control], pairs)
+    gates = [_trained_gate(results, "lr", True), _grid_fails_gate(results, "lr", LRS, True)]
+    pairs = [
+        Pairs(
+            [lr_width(results, c.a, s, True) for s in seeds], [lr_width(results, c.b, s, True) for s in seeds]
+        )
+        for c in LR_RULE.comparisons
+    ]
+    return Evidence(gates, pairs)
+
+
+_INIT_COUNT = "trainable init stds (settings of the grid)"
+INIT_RULE = Rule(
+    comparisons=(
+        Comparison(_INIT_COUNT, "post-LN", "no norm + final LN", "higher", 1.0, kind="count"),
+        Comparison(_INIT_COUNT, "post-LN", "no norm, bare", "higher", 1.0, kind="count"),
+    ),
+    gates=(
+        Trained("post-LN", TRAINED_MARGIN),
+        PositiveControl(
+            "every arm has an init std of the grid outside the margin in every seed: the grid "
+            "reaches each arm's failing end, so a range can be seen to differ"
+        ),
+    ),
+    min_seeds=len(LR_SEEDS["cpu"]),
+    note=(
+        f"A setting trains when its final validation loss after {INIT_STEPS} steps at lr 1e-3 is within "
+        f"{MARGIN:g} nats of the best loss of all arms at that seed (a diverged run never trains); the "
+        f"grid is init std {', '.join(f'{v:g}' for v in INIT_STDS)} (GPT-2's init, residual projections "
+        "scaled by 1/sqrt(2L))."
+    ),
+)
+
+
+def _init_evidence(results: list[dict[str, Any]]) -> Evidence:
+    seeds = sorted({r["seed"] for r in results})
+    gates = [_trained_gate(results, "init_std", None), _grid_fails_gate(results, "init_std", INIT_STDS, None)]
+    pairs = [
+        Pairs(
+            [trainable_count(results, c.a, s, "init_std") for s in seeds],
+            [trainable_count(results, c.b, s, "init_std") for s in seeds],
+        )
+        for c in INIT_RULE.comparisons
+    ]
+    return Evidence(gates, pairs)
+
+
+def _init_analyze(results: list[dict[str, Any]]) -> Analysis:
+    judged = judge(INIT_RULE, _init_evidence(results))
+    seeds = sorted({r["seed"] for r in results})
+    rows = []
+    for arm in LR_ARMS:
+        counts = [trainable_count(results, arm, s, "init_std") for s in seeds]
+        bests = mean_interval([best(results, arm, s, "init_std") for s in seeds])
+        at = [
+            mean_interval([_loss(r) for r in results if r["arm"] == arm and r.get("init_std") == v])
+            for v in INIT_STDS
+        ]
+        rows.append(
+            [
+                arm,
+                f"{sum(counts) / len(counts):.2f} ({min(counts)}-{max(counts)})",
+                str(bests),
+                *[_cell(iv) for iv in at],
+            ]
+        )
+    table = markdown_table(
+        [
+            "arm",
+            "trainable init stds: mean (min-max)",
+            "best val loss [95% CI]",
+            *[f"std {v:g}" for v in INIT_STDS],
+        ],
+        rows,
+    )
+    return Analysis(judged.verdict, judged.reason, judged.headline(), table)
 
 
 def _lr_analyze(results: list[dict[str, Any]]) -> Analysis:
@@ -271,16 +394,38 @@ def _lr_analyze(results: list[dict[str, Any]]) -> Analysis:
         for warmup in (True, False):
             widths = [lr_width(results, arm, s, warmup) for s in seeds]
             bests = mean_interval([best(results, arm, s, "lr", warmup) for s in seeds])
-            diverged = sum(bool(r.get("diverged")) for r in results
-                           if r["arm"] == arm and r.get("warmup") == warmup)
-            at = [mean_interval([_loss(r) for r in results
-                                 if r["arm"] == arm and r.get("lr") == lr and r.get("warmup") == warmup])
-                  for lr in LRS]
-            rows.append([f"{arm}, warmup {'on' if warmup else 'off'}",
-                         f"{sum(widths) / len(widths):.2f} ({min(widths):g}-{max(widths):g})", str(bests),
-                         str(diverged), *[_cell(iv) for iv in at]])
-    table = markdown_table(["arm", "range, decades: mean (min-max)", "best val loss [95% CI]",
-                            "diverged runs", *[f"lr {lr:g}" for lr in LRS]], rows)
+            diverged = sum(
+                bool(r.get("diverged")) for r in results if r["arm"] == arm and r.get("warmup") == warmup
+            )
+            at = [
+                mean_interval(
+                    [
+                        _loss(r)
+                        for r in results
+                        if r["arm"] == arm and r.get("lr") == lr and r.get("warmup") == warmup
+                    ]
+                )
+                for lr in LRS
+            ]
+            rows.append(
+                [
+                    f"{arm}, warmup {'on' if warmup else 'off'}",
+                    f"{sum(widths) / len(widths):.2f} ({min(widths):g}-{max(widths):g})",
+                    str(bests),
+                    str(diverged),
+                    *[_cell(iv) for iv in at],
+                ]
+            )
+    table = markdown_table(
+        [
+            "arm",
+            "range, decades: mean (min-max)",
+            "best val loss [95% CI]",
+            "diverged runs",
+            *[f"lr {lr:g}" for lr in LRS],
+        ],
+        rows,
+    )
     return Analysis(judged.verdict, judged.reason, judged.headline(), table)
 
 
@@ -344,43 +489,93 @@ def _rule(label: str) -> str:
     )
 
 
-def _claim(letter: str, name: str, title: str, sections: str, statement: str, experiment: str,
-           axis: str, values: tuple, label: str, rule_extra: str = "") -> Claim:
+def _claim(
+    letter: str,
+    name: str,
+    title: str,
+    sections: str,
+    statement: str,
+    experiment: str,
+    axis: str,
+    values: tuple,
+    label: str,
+    rule_extra: str = "",
+) -> Claim:
     """One row of f: the same metric and rule, over one axis of the grid."""
     return Claim(
-        letter=letter, name=name, title=title, sections=sections, statement=statement,
-        experiment=f"{experiment}; arms: {_ARMS_TEXT}; 3 seeds.", config=CONFIG, metric=_METRIC,
+        letter=letter,
+        name=name,
+        title=title,
+        sections=sections,
+        statement=statement,
+        experiment=f"{experiment}; arms: {_ARMS_TEXT}; 3 seeds.",
+        config=CONFIG,
+        metric=_METRIC,
         rule=_rule(label.replace(" ", "-").replace("std", "scale")) + rule_extra,
-        cells=lambda size: _cells(size, axis, values), measure=measure,
+        cells=lambda size: _cells(size, axis, values),
+        measure=measure,
         analyze=lambda results: _analyze(results, axis, label),
         figure=lambda results, path: _figure(results, path, axis, label),
     )
 
 
 LR_CLAIM = Claim(
-    letter="f1", name="sensitivity-lr", title="Normalization widens the trainable learning-rate range",
+    letter="f1",
+    name="sensitivity-lr",
+    title="Normalization widens the trainable learning-rate range",
     sections="7, 7.1",
     statement="With normalization, training succeeds over a wider range of learning rates.",
-    experiment=(f"{LR_STEPS} steps of the shared 6-layer model at {len(LRS)} learning rates on a half-decade "
-                f"grid ({LRS[0]:g} ... {LRS[-1]:g}), with 10% linear warmup and without, cosine to lr/100; "
-                f"arms: {', '.join(LR_ARMS)}; {len(LR_SEEDS['cpu'])} seeds."),
+    experiment=(
+        f"{LR_STEPS} steps of the shared 6-layer model at {len(LRS)} learning rates on a half-decade "
+        f"grid ({LRS[0]:g} ... {LRS[-1]:g}), with 10% linear warmup and without, cosine to lr/100; "
+        f"arms: {', '.join(LR_ARMS)}; {len(LR_SEEDS['cpu'])} seeds."
+    ),
     config=CONFIG,
-    metric=(f"the trainable range in decades (settings within {MARGIN:g} nats of the best of all arms, same "
-            "seed), per seed; the best loss and the diverged runs are reported."),
-    rule="", decision=LR_RULE, evidence=_lr_evidence,
-    cells=_lr_cells, measure=measure, analyze=_lr_analyze,
+    metric=(
+        f"the trainable range in decades (settings within {MARGIN:g} nats of the best of all arms, same "
+        "seed), per seed; the best loss and the diverged runs are reported."
+    ),
+    rule="",
+    decision=LR_RULE,
+    evidence=_lr_evidence,
+    cells=_lr_cells,
+    measure=measure,
+    analyze=_lr_analyze,
     figure=lambda results, path: _figure(results, path, "lr", "learning rate"),
 )
-INIT_CLAIM = _claim(
-    "f2", "sensitivity-init", "Normalization reduces sensitivity to the init scale", "7",
-    "With normalization, training is less sensitive to the scale of the weight initialization.",
-    "200 steps at lr 1e-3 with init std 0.02 / 0.06 / 0.125 / 0.25",
-    "init_std", INIT_STDS, "init std",
+INIT_CLAIM = Claim(
+    letter="f2",
+    name="sensitivity-init",
+    title="Normalization reduces sensitivity to the init scale",
+    sections="7",
+    statement="With normalization, training is less sensitive to the scale of the weight initialization.",
+    experiment=(
+        f"{INIT_STEPS} steps at lr 1e-3 (10% warmup, cosine to 1e-5) with init std "
+        f"{' / '.join(f'{v:g}' for v in INIT_STDS)}; arms: {', '.join(LR_ARMS)}; "
+        f"{len(LR_SEEDS['cpu'])} seeds."
+    ),
+    config=CONFIG,
+    metric=(
+        f"how many init stds of the grid train (end within {MARGIN:g} nats of the best of all arms, same "
+        "seed), per seed; the best loss is reported."
+    ),
+    rule="",
+    decision=INIT_RULE,
+    evidence=_init_evidence,
+    cells=_init_cells,
+    measure=measure,
+    analyze=_init_analyze,
+    figure=lambda results, path: _figure(results, path, "init_std", "init std"),
 )
 BATCH_CLAIM = _claim(
-    "f3", "sensitivity-batch", "Normalization reduces sensitivity to the batch size", "7",
+    "f3",
+    "sensitivity-batch",
+    "Normalization reduces sensitivity to the batch size",
+    "7",
     "With normalization, training is less sensitive to the batch size.",
     f"Batch size 4 / 8 / 16 / 32 at an equal budget of {TOKENS:,} training tokens (800 to 100 steps, "
     "10% warmup), lr 1e-3",
-    "batch_size", BATCHES, "batch size",
+    "batch_size",
+    BATCHES,
+    "batch size",
 )
