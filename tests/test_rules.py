@@ -83,7 +83,8 @@ def test_mixed_comparisons_are_undecided_and_every_sub_result_is_in_the_headline
     rule = Rule((LOSS, other))
     judged = judge(rule, Evidence([], [_pairs(2.0, 2.5), _pairs(2.5, 2.0)]))
     assert judged.verdict == "undecided" and judged.reason == "1 supports, 1 contradicts"
-    assert "post-LN vs no norm" in judged.headline() and "post-LN vs pre-LN" in judged.headline()
+    assert "post-LN lower than no norm by 0.5" in judged.headline()
+    assert "post-LN lower than pre-LN by -0.5" in judged.headline()
 
 
 def test_holm_matches_a_hand_computation_and_can_turn_a_verdict():

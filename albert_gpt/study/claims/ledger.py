@@ -250,16 +250,7 @@ def write_ledger(claims: list[Claim], results_dir: Path = RESULTS_DIR, path: Pat
     sections = []
     for claim in claims:
         record = load_record(claim, results_dir)
-        results = record["cells"] if record else None
-        analysis = claim.analyze(results) if results else None
-        verdict, reason, headline = "not run yet", "", "-"
-        if results:
-            verdict, reason, headline = claim.verdict_of(results)
-            if verdict not in VERDICTS:
-                raise ValueError(f"claim {claim.letter}: verdict {verdict!r} is not one of {VERDICTS}")
-            problem = provenance_problem(claim, record)
-            if problem:
-                verdict = f"{verdict} (unverified: {problem})"
+        verdict, reason, headline, analysis = _judged_row(claim, record)
         summary.append(
             f"| {claim.letter} | [{claim.title}](#{claim.letter}-{_anchor(claim.title)}) | "
             f"{claim.sections} | **{verdict}** | {headline.replace('|', '/')} |"
@@ -269,6 +260,25 @@ def write_ledger(claims: list[Claim], results_dir: Path = RESULTS_DIR, path: Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def _judged_row(claim: Claim, record: dict[str, Any] | None) -> tuple[str, str, str, Analysis | None]:
+    """(verdict as shown, reason, headline, analysis) of a claim's results file under its current rule."""
+    if not record or not record.get("cells"):
+        return "not run yet", "", "-", None
+    results = record["cells"]
+    try:
+        analysis = claim.analyze(results)
+        verdict, reason, headline = claim.verdict_of(results)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:  # a file from an older grid or metric
+        return ("cannot be judged: its results file does not fit the current claim (re-run)",
+                f"{type(exc).__name__}: {exc}", "-", None)
+    if verdict not in VERDICTS:
+        raise ValueError(f"claim {claim.letter}: verdict {verdict!r} is not one of {VERDICTS}")
+    problem = provenance_problem(claim, record)
+    if problem:
+        verdict = f"{verdict} (unverified: {problem})"
+    return verdict, reason, headline, analysis
 
 
 def _anchor(title: str) -> str:
@@ -291,7 +301,8 @@ def _section(claim: Claim, analysis: Analysis | None, results_dir: Path, verdict
         "",
     ]
     if analysis is None:
-        lines.append("**Result**: not run yet.")
+        shown = "not run yet." if verdict == "not run yet" else f"{verdict}. {reason}"
+        lines.append(f"**Result**: {shown}")
         return "\n".join(lines)
     lines += ["**Result**:", "", analysis.table, "", f"**Verdict: {verdict}.** {reason}"]
     if (results_dir / f"{claim.name}.png").is_file():

@@ -167,12 +167,13 @@ class ComparisonResult:
     why: str = ""  # when undecided for a reason other than the test (too few seeds, missing values)
 
     def text(self) -> str:
+        """e.g. "log spread: post-LN lower than pre-LN by 0.41 [0.30, 0.52] (needs 0.223), p ..."; a negative
+        effect is a difference the other way."""
         c = self.comparison
-        sign = "-" if c.direction == "lower" else "+"
-        interval = f"[{_fmt(self.low)}, {_fmt(self.high)}]" if math.isfinite(self.low) else "[-]"
+        interval = f" [{_fmt(self.low)}, {_fmt(self.high)}]" if math.isfinite(self.low) else ""
         extra = f"; {self.why}" if self.why else ""
-        return (f"{c.a} vs {c.b}, {c.metric}: effect {sign}{_fmt(self.effect)} {interval} "
-                f"(min {c.min_effect:g}), p {_fmt_p(self.p)}, Holm {_fmt_p(self.p_holm)}, n {self.n}: "
+        return (f"{c.metric}: {c.a} {c.direction} than {c.b} by {_fmt(self.effect)}{interval} "
+                f"(needs {c.min_effect:.3g}), p {_fmt_p(self.p)}, Holm {_fmt_p(self.p_holm)}, n {self.n}: "
                 f"{self.outcome}{extra}")
 
 

@@ -39,6 +39,8 @@ BATCHES = (4, 8, 16, 32)  # at an equal token budget: 16 x 32 x 200 tokens
 TOKENS = 16 * 32 * 200
 LR_STEPS = 300  # past the unigram plateau: post-LN ends ~0.9 nats below it at lr 3e-3 (pilot, seed 1)
 LR_ARMS = ("post-LN", "pre-LN", "no norm + final LN", "no norm, bare")
+# f3's arms (first edition): every normalization of common.ARMS that existed when it was measured
+F3_ARMS = ("post-LN", "pre-LN", "no norm + final LN", "no norm, bare", "BN per depth", "RMSNorm")
 LR_SEEDS = {"cpu": (1, 2, 3, 4, 5, 6, 7), "gpu": (1, 2, 3, 4, 5, 6, 7, 8)}  # two count comparisons: >= 7
 MARGIN = 0.1  # nats: a setting trains when it ends this close to the best loss of all arms (same seed)
 TRAINED_MARGIN = 0.3  # nats below the unigram loss that post-LN's best setting must reach in every seed
@@ -65,7 +67,7 @@ def _init_cells(size: str) -> list[dict[str, Any]]:
 
 
 def _cells(size: str, axis: str, values: tuple) -> list[dict[str, Any]]:
-    cells = [{"arm": arm, axis: v, "seed": seed} for arm in ARMS for v in values for seed in SEEDS[size]]
+    cells = [{"arm": arm, axis: v, "seed": seed} for arm in F3_ARMS for v in values for seed in SEEDS[size]]
     if axis == "lr":
         cells = [{**c, "warmup": w} for c in cells for w in (True, False)]
     return cells
@@ -135,7 +137,7 @@ def _analyze(results: list[dict[str, Any]], axis: str, label: str) -> Analysis:
     warmups = (True, False) if axis == "lr" else (None,)
     rows = []
     widths: dict[tuple[str, bool | None], list[int]] = {}
-    for arm in ARMS:
+    for arm in F3_ARMS:
         for w in warmups:
             ws = [width(results, arm, s, axis, w) for s in seeds]
             widths[arm, w] = ws
@@ -199,7 +201,7 @@ def _analyze(results: list[dict[str, Any]], axis: str, label: str) -> Analysis:
     )
     reason += (
         " Where each arm does best, and where it fails: "
-        + "; ".join(_where(results, arm, axis, main) for arm in ARMS)
+        + "; ".join(_where(results, arm, axis, main) for arm in F3_ARMS)
         + "."
     )
     return Analysis(verdict, reason, headline, table)
@@ -358,13 +360,14 @@ def _init_evidence(results: list[dict[str, Any]]) -> Evidence:
 def _init_analyze(results: list[dict[str, Any]]) -> Analysis:
     judged = judge(INIT_RULE, _init_evidence(results))
     seeds = sorted({r["seed"] for r in results})
+    values = sorted({r["init_std"] for r in results if "init_std" in r})  # as measured (an older grid too)
     rows = []
     for arm in LR_ARMS:
         counts = [trainable_count(results, arm, s, "init_std") for s in seeds]
         bests = mean_interval([best(results, arm, s, "init_std") for s in seeds])
         at = [
             mean_interval([_loss(r) for r in results if r["arm"] == arm and r.get("init_std") == v])
-            for v in INIT_STDS
+            for v in values
         ]
         rows.append(
             [
@@ -379,7 +382,7 @@ def _init_analyze(results: list[dict[str, Any]]) -> Analysis:
             "arm",
             "trainable init stds: mean (min-max)",
             "best val loss [95% CI]",
-            *[f"std {v:g}" for v in INIT_STDS],
+            *[f"std {v:g}" for v in values],
         ],
         rows,
     )
