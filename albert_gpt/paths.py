@@ -81,6 +81,24 @@ def delete(path: Path, within: Path, proof: Proof, protect: Iterable[Path] = ())
         path.unlink()
 
 
+def clear_folder(folder: Path, within: Path, proof: Proof) -> list[Path]:
+    """Delete each entry of `folder` that `proof` shows albert_gpt wrote, then the folder when nothing is
+    left; a link in the folder's place is removed as a link. Returns the entries kept."""
+    folder = Path(folder)
+    if folder.is_symlink() or not folder.is_dir():
+        delete(folder, within, lambda p: False)  # a link (removed as a link), nothing, or refused
+        return []
+    kept = []
+    for entry in sorted(folder.iterdir()):
+        try:
+            delete(entry, folder, proof)
+        except (OSError, UnsafePath):
+            kept.append(entry)
+    if not kept:
+        folder.rmdir()
+    return kept
+
+
 # ---------------------------------------------------------------- proofs
 
 

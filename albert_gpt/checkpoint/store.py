@@ -41,7 +41,16 @@ from albert_gpt.checkpoint.weights import load_weights, save_weights, unwrap_mod
 from albert_gpt.config import Config, dump_config, load_config
 from albert_gpt.data.sources import hash_file
 from albert_gpt.errors import CheckpointError, ConfigError
-from albert_gpt.paths import MARKER, UnsafePath, delete, folder_lock, marker_kind, write_atomic, write_marker
+from albert_gpt.paths import (
+    MARKER,
+    UnsafePath,
+    clear_folder,
+    delete,
+    folder_lock,
+    marker_kind,
+    write_atomic,
+    write_marker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,19 +159,13 @@ def clear_checkpoints(run_dir: Path) -> list[Path]:
     show albert_gpt wrote, and the pointers; the folder goes too when nothing else is left. A link in its
     place is removed as a link. Returns what was kept because albert_gpt did not write it."""
     root = Path(run_dir) / "checkpoints"
-    if root.is_symlink() or not root.is_dir():
-        delete(root, Path(run_dir), lambda p: False)  # a link (removed as a link) or nothing
-        return []
-    kept = []
-    for entry in sorted(root.iterdir()):
-        pointer = entry.name in ("latest", "best") and entry.is_file() and _read_pointer(root, entry.name)
-        try:
-            delete(entry, root, (lambda p: True) if pointer else _written_here)
-        except (OSError, UnsafePath):
-            kept.append(entry)
-    if not kept:
-        root.rmdir()
-    return kept
+
+    def written(entry: Path) -> bool:
+        if entry.name in ("latest", "best") and entry.is_file():
+            return _read_pointer(root, entry.name) is not None
+        return _written_here(entry)
+
+    return clear_folder(root, Path(run_dir), written)
 
 
 def _sweep_stale(root: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_gpt.errors import TrainingError
-from albert_gpt.paths import UnsafePath, create_new, delete, open_append, temp_name, write_atomic
+from albert_gpt.paths import clear_folder, create_new, open_append, temp_name, write_atomic
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
@@ -48,19 +48,8 @@ def clear_event_files(run_dir: Path) -> list[Path]:
     """Delete a run's TensorBoard files (run.overwrite): the event files TensorBoard's writer names, then
     the folder when nothing else is left (a link in its place is removed as a link). Returns what was
     kept because albert_gpt did not write it."""
-    tb_dir = Path(run_dir) / TB_DIR
-    if tb_dir.is_symlink() or not tb_dir.is_dir():
-        delete(tb_dir, Path(run_dir), lambda p: False)  # a link (removed as a link) or nothing
-        return []
-    kept = []
-    for entry in sorted(tb_dir.iterdir()):
-        try:
-            delete(entry, tb_dir, lambda p: p.name.startswith("events.out.tfevents.") and p.is_file())
-        except (OSError, UnsafePath):
-            kept.append(entry)
-    if not kept:
-        tb_dir.rmdir()
-    return kept
+    return clear_folder(Path(run_dir) / TB_DIR, Path(run_dir),
+                        lambda p: p.name.startswith("events.out.tfevents.") and p.is_file())
 
 
 def check_writable(folder: Path) -> None:

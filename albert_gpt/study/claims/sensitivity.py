@@ -233,25 +233,34 @@ def _where(results: list[dict[str, Any]], arm: str, axis: str, warmup: bool | No
 # ---------------------------------------------------------------- f1, second edition
 
 _WIDTH = "trainable lr range (decades, warmup on)"
-LR_RULE = Rule(
-    comparisons=(
-        Comparison(_WIDTH, "post-LN", "no norm + final LN", "higher", POINT_DECADES, kind="count"),
-        Comparison(_WIDTH, "post-LN", "no norm, bare", "higher", POINT_DECADES, kind="count"),
-    ),
-    gates=(
-        Trained("post-LN", TRAINED_MARGIN),
-        PositiveControl(
-            "every arm has a learning rate of the grid outside the margin in every seed (warmup "
-            "on): the grid reaches each arm's failing end, so a range can be seen to differ"
+def _range_rule(metric: str, min_effect: float, setting: str, note: str) -> Rule:
+    """post-LN's trainable range against both no-norm arms (exact count tests, Holm), gated on post-LN
+    having trained and on the grid reaching every arm's failing end (`setting`: where it must fail)."""
+    return Rule(
+        comparisons=tuple(
+            Comparison(metric, "post-LN", other, "higher", min_effect, kind="count")
+            for other in ("no norm + final LN", "no norm, bare")
         ),
-    ),
-    min_seeds=len(LR_SEEDS["cpu"]),
-    note=(
-        f"A setting trains when its final validation loss after {LR_STEPS} steps is within {MARGIN:g} nats "
-        "of the best loss of all arms at that seed and warmup setting (a diverged run never trains); an "
-        f"arm's range is {POINT_DECADES:g} decades per such setting of the half-decade grid "
-        f"{LRS[0]:g} ... {LRS[-1]:g}. Warmup off is reported, not judged."
-    ),
+        gates=(
+            Trained("post-LN", TRAINED_MARGIN),
+            PositiveControl(
+                f"every arm has {setting}: the grid reaches each arm's failing end, so a range can be seen "
+                "to differ"
+            ),
+        ),
+        min_seeds=len(LR_SEEDS["cpu"]),
+        note=note,
+    )
+
+
+LR_RULE = _range_rule(
+    _WIDTH,
+    POINT_DECADES,
+    "a learning rate of the grid outside the margin in every seed (warmup on)",
+    f"A setting trains when its final validation loss after {LR_STEPS} steps is within {MARGIN:g} nats "
+    "of the best loss of all arms at that seed and warmup setting (a diverged run never trains); an "
+    f"arm's range is {POINT_DECADES:g} decades per such setting of the half-decade grid "
+    f"{LRS[0]:g} ... {LRS[-1]:g}. Warmup off is reported, not judged.",
 )
 
 
@@ -322,25 +331,14 @@ def _lr_evidence(results: list[dict[str, Any]]) -> Evidence:
 
 
 _INIT_COUNT = "trainable init stds (settings of the grid)"
-INIT_RULE = Rule(
-    comparisons=(
-        Comparison(_INIT_COUNT, "post-LN", "no norm + final LN", "higher", 1.0, kind="count"),
-        Comparison(_INIT_COUNT, "post-LN", "no norm, bare", "higher", 1.0, kind="count"),
-    ),
-    gates=(
-        Trained("post-LN", TRAINED_MARGIN),
-        PositiveControl(
-            "every arm has an init std of the grid outside the margin in every seed: the grid "
-            "reaches each arm's failing end, so a range can be seen to differ"
-        ),
-    ),
-    min_seeds=len(LR_SEEDS["cpu"]),
-    note=(
-        f"A setting trains when its final validation loss after {INIT_STEPS} steps at lr 1e-3 is within "
-        f"{MARGIN:g} nats of the best loss of all arms at that seed (a diverged run never trains); the "
-        f"grid is init std {', '.join(f'{v:g}' for v in INIT_STDS)} (GPT-2's init, residual projections "
-        "scaled by 1/sqrt(2L))."
-    ),
+INIT_RULE = _range_rule(
+    _INIT_COUNT,
+    1.0,
+    "an init std of the grid outside the margin in every seed",
+    f"A setting trains when its final validation loss after {INIT_STEPS} steps at lr 1e-3 is within "
+    f"{MARGIN:g} nats of the best loss of all arms at that seed (a diverged run never trains); the "
+    f"grid is init std {', '.join(f'{v:g}' for v in INIT_STDS)} (GPT-2's init, residual projections "
+    "scaled by 1/sqrt(2L)).",
 )
 
 
