@@ -250,7 +250,7 @@ def write_ledger(claims: list[Claim], results_dir: Path = RESULTS_DIR, path: Pat
     sections = []
     for claim in claims:
         record = load_record(claim, results_dir)
-        verdict, reason, headline, analysis = _judged_row(claim, record)
+        verdict, reason, headline, analysis = judged_row(claim, record)
         summary.append(
             f"| {claim.letter} | [{claim.title}](#{claim.letter}-{_anchor(claim.title)}) | "
             f"{claim.sections} | **{verdict}** | {headline.replace('|', '/')} |"
@@ -262,7 +262,7 @@ def write_ledger(claims: list[Claim], results_dir: Path = RESULTS_DIR, path: Pat
     return path
 
 
-def _judged_row(claim: Claim, record: dict[str, Any] | None) -> tuple[str, str, str, Analysis | None]:
+def judged_row(claim: Claim, record: dict[str, Any] | None) -> tuple[str, str, str, Analysis | None]:
     """(verdict as shown, reason, headline, analysis) of a claim's results file under its current rule."""
     if not record or not record.get("cells"):
         return "not run yet", "", "-", None
