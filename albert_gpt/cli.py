@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_grad_at_init)
     p = experiments.add_parser("claim", help="one row of the claims ledger (docs/claims.md), or all of them")
     p.add_argument("claim", help="a claim's letter or name, `all`, or `ledger` (rewrite docs/claims.md only)")
-    p.add_argument("--size", default="cpu", choices=("cpu", "gpu"), help="cpu: 10 minutes or less on 2 cores")
+    p.add_argument("--size", default="cpu", choices=("cpu", "gpu"),
+                   help="cpu: 30 minutes or less a row on 2 cores")
     p.add_argument("--workers", type=int, default=2, help="cells measured side by side, one thread each")
     p.add_argument("--work-dir", default="claims_runs", help="where measured cells are kept (resumable)")
     p.add_argument("--fresh", action="store_true", help="measure every cell again instead of reusing them")
