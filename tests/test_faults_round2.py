@@ -446,3 +446,25 @@ def test_the_lock_file_is_never_followed(tmp_path, capsys, bystander):
     (run / ".lock").symlink_to(bystander / "config.yaml")
     expect_error(capsys, "train", str(write_config(tmp_path)), says=("cannot lock the run directory",))
 
+
+
+def test_no_logged_step_is_lost_when_a_run_is_killed_after_a_checkpoint(tmp_path):
+    """metrics.jsonl is flushed at every checkpoint (not only after an evaluation): kill -9 just after
+    the checkpoint of step 20 leaves every train/loss record up to step 20 on disk."""
+    config = write_config(tmp_path, train={"max_steps": 100_000, "checkpoint_interval": 20},
+                          eval={"interval": 0, "batches": 1, "sample_tokens": 0}, log={"interval": 5})
+    proc = _albert("train", str(config))
+    latest = tmp_path / "runs" / "tiny" / "checkpoints" / "latest"
+    try:
+        deadline = time.monotonic() + 120
+        while not (latest.is_file() and latest.read_text().strip() >= "step_00000020"):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL: no handler, no flush at exit
+    finally:
+        proc.kill()
+        proc.communicate()
+    step = int(latest.read_text().strip().removeprefix("step_"))
+    records = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "metrics.jsonl").open()]
+    logged = sorted({r["step"] for r in records if r["tag"] == "train/loss"})
+    assert logged[: step // 5] == list(range(5, step + 1, 5))
