@@ -91,9 +91,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from albert_gpt.study.sweep import run_sweep
+    from albert_gpt.study.sweep import SweepInterrupted, run_sweep
 
-    run_sweep(Path(args.sweep), overrides=args.set, out_dir=args.out_dir)
+    try:
+        run_sweep(Path(args.sweep), overrides=args.set, out_dir=args.out_dir)
+    except SweepInterrupted as exc:
+        print(f"albert-gpt sweep: {exc}", file=sys.stderr)
+        return 128 + exc.signum  # the shell's code for that signal, as train returns
     return 0
 
 

@@ -19,28 +19,37 @@ def write_sweep(tmp_path, spec: dict, base_sections: dict | None = None):
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump(tiny_raw(tmp_path, **(base_sections or {}))), encoding="utf-8")
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({"base": "base.yaml", "out_dir": str(tmp_path / "sweeps"), **spec},
-                                   sort_keys=False),
-                    encoding="utf-8")
+    path.write_text(
+        yaml.safe_dump({"base": "base.yaml", "out_dir": str(tmp_path / "sweeps"), **spec}, sort_keys=False),
+        encoding="utf-8",
+    )
     return path
 
 
 def test_grid_expands_named_and_key_axes_with_exclude_and_include(tmp_path):
     """Cells are the product of the axes, minus excludes, plus includes, each with its overrides."""
-    path = write_sweep(tmp_path, {
-        "name": "grid",
-        "set": {"train.max_steps": 7},
-        "grid": {
-            "variant": {"post": {"model.norm_placement": "post"},
-                        "pre_nowarm": {"model.norm_placement": "pre", "train.warmup_steps": 0}},
-            "train.lr": ["1e-3", 3.0e-3],  # YAML reads 1e-3 as text: the config's coercion applies
+    path = write_sweep(
+        tmp_path,
+        {
+            "name": "grid",
+            "set": {"train.max_steps": 7},
+            "grid": {
+                "variant": {
+                    "post": {"model.norm_placement": "post"},
+                    "pre_nowarm": {"model.norm_placement": "pre", "train.warmup_steps": 0},
+                },
+                "train.lr": ["1e-3", 3.0e-3],  # YAML reads 1e-3 as text: the config's coercion applies
+            },
+            "exclude": [{"variant": "pre_nowarm", "train.lr": 0.003}],
+            "include": [{"variant": "post", "train.lr": 0.01}],
         },
-        "exclude": [{"variant": "pre_nowarm", "train.lr": 0.003}],
-        "include": [{"variant": "post", "train.lr": 0.01}],
-    })
+    )
     sweep = load_sweep(path)
     assert [c.name for c in sweep.cells] == [
-        "post,lr=0.001", "post,lr=0.003", "pre_nowarm,lr=0.001", "post,lr=0.01",
+        "post,lr=0.001",
+        "post,lr=0.003",
+        "pre_nowarm,lr=0.001",
+        "post,lr=0.01",
     ]
     cfg = cell_config(sweep, sweep.cells[2])
     assert (cfg.model.norm_placement, cfg.train.warmup_steps, cfg.train.lr) == ("pre", 0, 0.001)
@@ -57,16 +66,19 @@ def test_command_line_overrides_apply_to_every_cell(tmp_path):
     assert sweep.name == "sweep"  # no name given: the file's stem
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"grid": {"train.lrr": [1, 2]}}, "did you mean train.lr"),
-    ({"grid": {"train.lr": ["fast"]}}, "train.lr: expected float"),
-    ({"grid": {"v": {"a": {"model.norm": "weightnorm"}}}}, "model.norm: unknown value 'weightnorm'"),
-    ({"grid": {"run.seed": [1]}, "exclude": [{"seed": 1}]}, r"exclude\[0\] must map grid axes"),
-    ({"grid": {"run.seed": [1]}, "include": [{"train.lr": 1}]}, r"include\[0\] gives no value for axis"),
-    ({"grid": {"run.seed": [1]}, "sett": {}}, "unknown sweep key sett"),
-    ({"grid": {"run.seed": [1]}, "post_eval": {"batch": 2}}, "post_eval: unknown key 'batch'"),
-    ({"set": {"run.seed": 1}}, "`grid` must map at least one axis"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"grid": {"train.lrr": [1, 2]}}, "did you mean train.lr"),
+        ({"grid": {"train.lr": ["fast"]}}, "train.lr: expected float"),
+        ({"grid": {"v": {"a": {"model.norm": "weightnorm"}}}}, "model.norm: unknown value 'weightnorm'"),
+        ({"grid": {"run.seed": [1]}, "exclude": [{"seed": 1}]}, r"exclude\[0\] must map grid axes"),
+        ({"grid": {"run.seed": [1]}, "include": [{"train.lr": 1}]}, r"include\[0\] gives no value for axis"),
+        ({"grid": {"run.seed": [1]}, "sett": {}}, "unknown sweep key sett"),
+        ({"grid": {"run.seed": [1]}, "post_eval": {"batch": 2}}, "post_eval: unknown key 'batch'"),
+        ({"set": {"run.seed": 1}}, "`grid` must map at least one axis"),
+    ],
+)
 def test_bad_sweep_file_fails_before_any_cell_runs(tmp_path, spec, message):
     """A wrong key or value is a one-line ConfigError naming the sweep file."""
     path = write_sweep(tmp_path, spec)
@@ -88,10 +100,20 @@ def test_two_by_two_grid_runs_and_a_rerun_skips_finished_cells(tmp_path):
     summary lists them, and a second invocation trains nothing unless a result is missing."""
     path = write_sweep(
         tmp_path,
-        {"name": "two", "grid": {"model.norm_placement": ["post", "pre"], "train.lr": [0.003, 1e30]},
-         "set": {"train.max_steps": 6, "train.max_skipped_steps": 0, "train.grad_clip": 0.0,
-                 "train.checkpoint_interval": 0, "eval.interval": 3, "eval.sample_tokens": 0,
-                 "log.interval": 1, "log.tensorboard": False}},
+        {
+            "name": "two",
+            "grid": {"model.norm_placement": ["post", "pre"], "train.lr": [0.003, 1e30]},
+            "set": {
+                "train.max_steps": 6,
+                "train.max_skipped_steps": 0,
+                "train.grad_clip": 0.0,
+                "train.checkpoint_interval": 0,
+                "eval.interval": 3,
+                "eval.sample_tokens": 0,
+                "log.interval": 1,
+                "log.tensorboard": False,
+            },
+        },
     )
     sweep_dir = run_sweep(path, progress=False)
     assert sweep_dir == tmp_path / "sweeps" / "two"
@@ -120,7 +142,7 @@ def test_two_by_two_grid_runs_and_a_rerun_skips_finished_cells(tmp_path):
     assert len(json.loads((sweep_dir / "summary.json").read_text())["cells"]) == 4
 
 
-def plant(run_dir, train_losses, val_losses, unigram_ppl=math.e ** 3, skipped=0):
+def plant(run_dir, train_losses, val_losses, unigram_ppl=math.e**3, skipped=0):
     """A run directory with a real metrics.jsonl (no TensorBoard) holding the given curves."""
     run_dir.mkdir(parents=True)
     with MetricsLogger(run_dir, tensorboard=False) as logger:
@@ -153,11 +175,20 @@ def test_classification_of_planted_runs(tmp_path):
 def test_post_eval_measures_train_and_eval_mode_losses(tmp_path):
     """post_eval scores the final weights: LayerNorm gives the same val loss in train and eval
     mode (no dropout here), BatchNorm does not (batch statistics vs running statistics)."""
-    path = write_sweep(tmp_path, {
-        "name": "modes", "grid": {"model.norm": ["layernorm", "batchnorm"]},
-        "set": {"train.max_steps": 4, "eval.interval": 0, "eval.sample_tokens": 0, "log.tensorboard": False},
-        "post_eval": {"batches": 2, "train_mode": True},
-    })
+    path = write_sweep(
+        tmp_path,
+        {
+            "name": "modes",
+            "grid": {"model.norm": ["layernorm", "batchnorm"]},
+            "set": {
+                "train.max_steps": 4,
+                "eval.interval": 0,
+                "eval.sample_tokens": 0,
+                "log.tensorboard": False,
+            },
+            "post_eval": {"batches": 2, "train_mode": True},
+        },
+    )
     cells = json.loads((run_sweep(path, progress=False) / "summary.json").read_text())["cells"]
     ln, bn = cells
     for cell in cells:
@@ -165,3 +196,40 @@ def test_post_eval_measures_train_and_eval_mode_losses(tmp_path):
     assert ln["mode_gap"] == pytest.approx(0.0, abs=1e-6)
     assert abs(bn["mode_gap"]) > 1e-4
 
+
+def test_a_signal_stops_the_sweep_and_a_rerun_resumes_the_interrupted_cell(tmp_path, monkeypatch, capsys):
+    """SIGTERM in the first cell: that cell checkpoints and is recorded "interrupted" (never classified),
+    the sweep stops with 128 + 15, and the same command resumes the cell from its checkpoint, then runs
+    the rest."""
+    from train_utils import stop_at
+
+    from albert_gpt.cli import main
+    from albert_gpt.data.batches import RandomWindowSampler
+    from albert_gpt.training.metrics import read_metrics
+
+    path = write_sweep(
+        tmp_path,
+        {"name": "sig", "grid": {"run.seed": [1, 2]}},
+        {"train": {"max_steps": 20, "checkpoint_interval": 10}},
+    )
+    runs = tmp_path / "sweeps" / "sig" / "runs"
+    with monkeypatch.context() as patch:
+        stop_at(patch, RandomWindowSampler, 15)
+        assert main(["sweep", str(path)]) == 128 + 15
+    first = json.loads((runs / "seed=1" / "result.json").read_text())
+    assert (first["status"], first["step"]) == ("interrupted", 15)
+    assert not (runs / "seed=2").exists()  # the sweep stopped: no later cell started
+    assert "run the same command again" in capsys.readouterr().err
+
+    assert main(["sweep", str(path)]) == 0
+    for seed in (1, 2):
+        result = json.loads((runs / f"seed={seed}" / "result.json").read_text())
+        assert result["status"] in ("trained", "plateau")
+        steps = [
+            r["step"]
+            for r in read_metrics(runs / f"seed={seed}" / "metrics.jsonl")
+            if r["tag"] == "train/loss"
+        ]
+        assert steps == sorted(set(steps)) and steps[-1] == 20  # resumed, not restarted: each step once
+    summary = json.loads((tmp_path / "sweeps" / "sig" / "summary.json").read_text())
+    assert [c["status"] in ("trained", "plateau") for c in summary["cells"]] == [True, True]

@@ -47,6 +47,16 @@ log = logging.getLogger("albert_gpt")
 RESULT_FILE = "result.json"
 SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
 FINAL_STATUSES = ("trained", "plateau", "diverged")  # a cell with one of these is done
+# "interrupted": stopped by a signal after a checkpoint (never classified); a re-run resumes it
+
+
+class SweepInterrupted(Exception):
+    """A signal stopped the sweep after the current cell's checkpoint; the same command resumes it."""
+
+    def __init__(self, signum: int, cell: str) -> None:
+        super().__init__(f"sweep stopped by signal {signum} in cell {cell} (after its checkpoint); run the "
+                         "same command again to resume it")
+        self.signum = signum
 PLATEAU_NATS = 0.1  # the issue's margin around the unigram loss
 _SWEEP_KEYS = ("name", "base", "out_dir", "set", "grid", "include", "exclude", "post_eval", "report")
 _SUBKEYS = {"post_eval": ("batches", "train_mode"), "report": ("rows", "cols", "value")}
@@ -284,13 +294,18 @@ def run_cell(sweep: Sweep, cell: Cell, cfg: Config) -> dict[str, Any]:
     from albert_gpt.training.trainer import train
 
     run_dir = cfg.run_dir
-    if run_dir.exists():
-        # A half-done cell restarts from step 0: its partial metrics would otherwise mix two runs.
+    previous = read_result(run_dir)
+    resume = previous is not None and previous.get("status") == "interrupted"  # continue from its checkpoint
+    if run_dir.exists() and not resume:
+        # A failed or half-done cell restarts from step 0: its partial metrics would otherwise mix two runs.
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=True))
     started = time.perf_counter()
     try:
-        train(cfg)
-        result = summarize_run(run_dir)
+        out = train(cfg, resume=resume)
+        if out.get("interrupted"):  # a partial run is never classified as trained or anything else
+            result = {"status": "interrupted", "step": out["step"], "signal": out["signal"], "error": None}
+        else:
+            result = summarize_run(run_dir)
     except TrainingError as exc:  # too many non-finite steps: a result of the cell, not a crash
         result = summarize_run(run_dir, str(exc))
     except Exception as exc:  # noqa: BLE001 - one broken cell must not take the sweep down
@@ -300,7 +315,7 @@ def run_cell(sweep: Sweep, cell: Cell, cfg: Config) -> dict[str, Any]:
     result.update(cell=cell.name, axes=cell.axes, overrides=cell.overrides,
                   wall_time_s=round(time.perf_counter() - started, 2))
     result.update(_param_counts(cfg, run_dir))
-    if sweep.post_eval and result["status"] != "failed":
+    if sweep.post_eval and result["status"] not in ("failed", "interrupted"):
         from albert_gpt.study.modes import measure_modes
 
         result.update(measure_modes(run_dir, **sweep.post_eval))
@@ -350,13 +365,15 @@ def run_sweep(sweep_yaml: Path, overrides: list[str] | None = None, out_dir: str
         for cell, cfg in todo:
             bar.set_postfix_str(cell.name)
             results.append(run_cell(sweep, cell, cfg))
-            bar.update(1)
             write_summary(sweep, _in_grid_order(sweep, results))
+            if results[-1]["status"] == "interrupted":
+                raise SweepInterrupted(results[-1]["signal"], cell.name)
+            bar.update(1)
     finally:
         bar.close()
     results = _in_grid_order(sweep, results)
     write_summary(sweep, results)
-    counts = {s: sum(r["status"] == s for r in results) for s in (*FINAL_STATUSES, "failed")}
+    counts = {s: sum(r["status"] == s for r in results) for s in (*FINAL_STATUSES, "failed", "interrupted")}
     log.info("sweep %s: %s; %s", sweep.name, ", ".join(f"{n} {s}" for s, n in counts.items() if n),
              sweep_dir / SUMMARY_MD)
     return sweep_dir
