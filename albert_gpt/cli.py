@@ -135,18 +135,22 @@ def cmd_grad_at_init(args: argparse.Namespace) -> int:
 
 
 def cmd_claim(args: argparse.Namespace) -> int:
-    from albert_gpt.study.claims.ledger import run_claim, write_ledger
+    from albert_gpt.study.claims.ledger import LEDGER_FILE, RESULTS_DIR, run_claim, write_ledger
     from albert_gpt.study.claims.registry import all_claims, get_claim
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     names = [c.name for c in all_claims()] if args.claim == "all" else [] if args.claim == "ledger" \
         else [get_claim(args.claim).name]
+    # The committed ledger (docs/) changes only when asked; by default results land in the work folder.
+    work = Path(args.work_dir)
+    results_dir, ledger = (RESULTS_DIR, LEDGER_FILE) if args.write_docs else (work / "results",
+                                                                             work / "claims.md")
     for name in names:
-        path = run_claim(get_claim(name), size=args.size, workers=args.workers, work_dir=Path(args.work_dir),
-                         fresh=args.fresh)
+        path = run_claim(get_claim(name), size=args.size, workers=args.workers, work_dir=work,
+                         results_dir=results_dir, fresh=args.fresh)
         log.info("claim %s: results in %s", name, path)
-    print(f"wrote {write_ledger(all_claims())}")
+    print(f"wrote {write_ledger(all_claims(), results_dir=results_dir, path=ledger)}")
     return 0
 
 
@@ -273,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="cells measured side by side, one thread each")
     p.add_argument("--work-dir", default="claims_runs", help="where measured cells are kept (resumable)")
     p.add_argument("--fresh", action="store_true", help="measure every cell again instead of reusing them")
+    p.add_argument("--write-docs", action="store_true",
+                   help="write the results and the ledger into docs/ (default: WORK_DIR/results and "
+                   "WORK_DIR/claims.md, leaving the committed ledger alone)")
     p.set_defaults(func=cmd_claim)
     return parser
 

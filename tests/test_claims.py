@@ -410,3 +410,17 @@ def test_activations_rule(others_spread, post_loss, verdict):
                     }
                 )
     assert activations.CLAIM.verdict_of(results)[0] == verdict
+
+
+def test_study_claim_leaves_the_committed_ledger_alone_unless_asked(tmp_path, monkeypatch):
+    """`study claim` writes its results and ledger under --work-dir; docs/ only with --write-docs."""
+    from albert_gpt.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    assert main(["study", "claim", "formula", "--workers", "1", "--work-dir", "work"]) == 0
+    assert (tmp_path / "work" / "results" / "formula.json").is_file()
+    assert (tmp_path / "work" / "claims.md").is_file()
+    assert list((tmp_path / "docs").iterdir()) == []
+    assert main(["study", "claim", "ledger", "--work-dir", "work", "--write-docs"]) == 0
+    assert (tmp_path / "docs" / "claims.md").is_file()

@@ -238,9 +238,10 @@ current rule, or was measured by uncommitted code, is marked *unverified* with t
 still judged by their first-edition rule show means with Student-t 95% intervals.
 
 Reproduce one row with `albert-gpt study claim NAME` (`--size gpu` for the larger grid), or all of
-them with `albert-gpt study claim all`; `albert-gpt study claim ledger` rewrites this file from the
-results files without running anything. This file is generated: edit the claim modules under
-`albert_gpt/study/claims/`, not this page.
+them with `albert-gpt study claim all`; results go to `claims_runs/` unless `--write-docs` asks for
+`docs/`. `albert-gpt study claim ledger --write-docs` rewrites this file from the results files without
+running anything. This file is generated: edit the claim modules under `albert_gpt/study/claims/`, not
+this page.
 """
 
 
