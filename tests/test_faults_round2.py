@@ -84,6 +84,12 @@ def test_export_overwrite_never_deletes_the_run_its_runs_folder_or_the_working_d
     (work / "draft.md").write_text("unsaved")
     monkeypatch.chdir(work)
     expect_error(capsys, "export", str(run), ".", "--overwrite", says=("working directory",))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    expect_error(capsys, "export", str(run), ".", says=("working directory",))  # empty: still not replaced
+    assert empty.is_dir() and list(empty.iterdir()) == []
+    monkeypatch.chdir(work)
     expect_error(capsys, "export", str(run), str(tmp_path / "bystander"), "--overwrite",
                  says=("was not written by albert-gpt export",))
     assert (work / "draft.md").read_text() == "unsaved" and _digest(run) == before

@@ -124,13 +124,13 @@ def _check_out_dir(run_dir: Path, out_dir: Path, overwrite: bool) -> None:
     if is_inside(run_dir, out_dir):
         raise ConfigError(f"{out_dir} is or contains the run being exported ({run_dir}); choose another "
                           "folder")
+    if out_dir.exists() and is_inside(Path.cwd(), out_dir):
+        raise ConfigError(f"{out_dir} is or contains the working directory; export writes a folder of its "
+                          "own (e.g. exported/NAME)")
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return
     if not overwrite:
         raise ConfigError(f"{out_dir} exists and is not empty; choose another folder or pass --overwrite")
-    if is_inside(Path.cwd(), out_dir):
-        raise ConfigError(f"{out_dir} is or contains the working directory; --overwrite replaces only a "
-                          "folder that albert-gpt export wrote")
     if not _is_export(out_dir):
         shown = ", ".join(sorted(entries(out_dir))[:4])
         raise ConfigError(f"{out_dir} was not written by albert-gpt export (it holds {shown}...); "
