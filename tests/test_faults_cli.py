@@ -21,6 +21,9 @@ from train_utils import tiny_raw, write_config
 from albert_gpt.checkpoint import find_latest, list_checkpoints, read_pointer, verify_checkpoint
 from albert_gpt.cli import main
 
+# every test here also checks that a user's folder beside the work is byte for byte what it was
+pytestmark = pytest.mark.usefixtures("bystander")
+
 
 def cli(capsys, *args: str) -> tuple[int, str]:
     """Run `albert-gpt ARGS` in this process; return (exit code, the last stderr line).

@@ -6,7 +6,6 @@ line, and that a bystander folder outside run.out_dir is byte for byte what it w
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import digest as _digest
 from test_faults_cli import cli, expect_error
 from train_utils import tiny_raw, write_config
 
@@ -28,35 +28,6 @@ from albert_gpt.cli import main
 from albert_gpt.paths import MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    """Every file under `folder` (links not followed) -> sha256 of its bytes, or where its link points."""
-    found = {}
-    for path in sorted(folder.rglob("*")):
-        rel = str(path.relative_to(folder))
-        if path.is_symlink():
-            found[rel] = "link:" + os.readlink(path)
-        elif path.is_file():
-            found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-        else:
-            found[rel] = "dir"
-    return found
-
-
-@pytest.fixture
-def bystander(tmp_path):
-    """A user's folder beside the work: checked unchanged after the test."""
-    folder = tmp_path / "bystander"
-    (folder / "notes").mkdir(parents=True)
-    (folder / "notes" / "thesis.txt").write_text("years of work\n")
-    (folder / "config.yaml").write_text("mine: true\n")
-    (folder / "step_00000099").mkdir()
-    (folder / "step_00000099" / "data.bin").write_bytes(os.urandom(64))
-    (folder / ".tmp-mine").write_text("not albert_gpt's\n")
-    before = _digest(folder)
-    yield folder
-    assert _digest(folder) == before, "a file outside run.out_dir changed"
 
 
 def _trained(tmp_path: Path, **sections) -> Path:
