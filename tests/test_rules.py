@@ -225,3 +225,22 @@ def test_f2_judges_planted_init_ranges_under_its_rule():
         claim.verdict_of(planted({"post-LN": 6, "pre-LN": 6, "no norm + final LN": 6, "no norm, bare": 6}))[0]
         == "not testable here"
     )  # the grid never fails: widths cannot differ
+
+
+def test_a_bound_is_a_check_on_every_seed_and_stays_out_of_holm():
+    from albert_gpt.study.claims.rules import Bound
+
+    bound = Bound("max error", "formula", 1e-5)
+    rule = Rule((bound,), min_seeds=3)
+    assert judge(rule, Evidence([], [Pairs([1e-7, 2e-6, 9e-6], [])])).verdict == "supported"
+    assert judge(rule, Evidence([], [Pairs([1e-3, 2e-2, 1.0], [])])).verdict == "contradicted"
+    mixed = judge(rule, Evidence([], [Pairs([1e-7, 1.0, 1e-7], [])]))
+    assert (
+        mixed.verdict == "undecided"
+        and "worst 1.000 across 3 seeds, at most 1e-05 in 2 of them" in mixed.headline()
+    )
+    at_least = Rule((Bound("gradcheck passed", "formula", 1.0, "at least"),), min_seeds=3)
+    assert judge(at_least, Evidence([], [Pairs([1.0, 1.0, 0.0], [])])).verdict == "undecided"
+    # with a bound beside one t test, Holm multiplies by 1: the test's p is unchanged
+    both = judge(Rule((bound, LOSS)), Evidence([], [Pairs([0.0] * 5, []), _pairs(2.0, 2.5)]))
+    assert both.results[1].p_holm == both.results[1].p and both.verdict == "supported"

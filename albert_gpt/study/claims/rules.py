@@ -86,10 +86,25 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class Bound:
+    """A deterministic check, no statistical test: `arm`'s `metric` is `at most` (or `at least`) `limit`
+    in every seed. Supports when every seed is within the limit, contradicts when none is, else undecided.
+    Its evidence is Pairs(values, [])."""
+
+    metric: str
+    arm: str
+    limit: float
+    direction: Literal["at most", "at least"] = "at most"
+
+    def text(self) -> str:
+        return f"{self.metric} of {self.arm} {self.direction} {self.limit:g} in every seed (a check, no test)"
+
+
+@dataclass(frozen=True)
 class Rule:
     """What decides a row: gates first, then comparisons (all of them decide, Holm-corrected)."""
 
-    comparisons: tuple[Comparison, ...]
+    comparisons: tuple[Comparison | Bound, ...]
     gates: tuple[Trained | PositiveControl, ...] = ()
     min_seeds: int = 5
     alpha: float = ALPHA
@@ -99,9 +114,10 @@ class Rule:
         # An exact two-sided permutation test over n paired seeds cannot go below 2 / 2^n, and Holm
         # multiplies the smallest p by the number of comparisons: a design whose count comparisons could
         # never decide, whatever the data, is refused here rather than run.
-        floor = 2.0 / 2 ** self.min_seeds * len(self.comparisons)
-        if any(c.kind == "count" for c in self.comparisons) and floor >= self.alpha:
-            need = next(n for n in range(1, 64) if 2.0 / 2**n * len(self.comparisons) < self.alpha)
+        tested = [c for c in self.comparisons if isinstance(c, Comparison)]
+        floor = 2.0 / 2 ** self.min_seeds * len(tested)
+        if any(c.kind == "count" for c in tested) and floor >= self.alpha:
+            need = next(n for n in range(1, 64) if 2.0 / 2**n * len(tested) < self.alpha)
             raise ValueError(f"a count comparison over {self.min_seeds} seeds cannot reach p < "
                              f"{self.alpha:g} (the exact test's smallest p, Holm-corrected, is {floor:.3g}); "
                              f"use at least {need} seeds")
@@ -114,7 +130,8 @@ class Rule:
             parts.append("Gates (else not testable here): " + "; ".join(g.text() for g in self.gates) + ".")
         listed = "; ".join(f"({i + 1}) {c.text()}" for i, c in enumerate(self.comparisons))
         parts.append(f"Comparisons over >= {self.min_seeds} seeds: {listed}.")
-        holm = ", Holm-corrected across the comparisons" if len(self.comparisons) > 1 else ""
+        tested = [c for c in self.comparisons if isinstance(c, Comparison)]
+        holm = ", Holm-corrected across the comparisons" if len(tested) > 1 else ""
         parts.append(
             f"Each supports when p < {self.alpha:g}{holm} and the mean effect clears its minimum in the "
             "claimed direction, contradicts when it does so the other way, else is undecided. Supported when "
@@ -156,7 +173,7 @@ class Evidence:
 
 @dataclass(frozen=True)
 class ComparisonResult:
-    comparison: Comparison
+    comparison: Comparison | Bound
     n: int
     effect: float  # mean of the per-seed effects, positive in the claimed direction
     low: float  # 95% interval of the mean effect (t for continuous; bootstrap-free exact range for counts)
@@ -170,6 +187,9 @@ class ComparisonResult:
         """e.g. "log spread: post-LN lower than pre-LN by 0.41 [0.30, 0.52] (needs 0.223), p ..."; a negative
         effect is a difference the other way."""
         c = self.comparison
+        if isinstance(c, Bound):
+            return (f"{c.metric} of {c.arm}: worst {_fmt(self.effect)} across {self.n} seeds, {c.direction} "
+                    f"{c.limit:g} in {self.low:g} of them: {self.outcome}")
         interval = f" [{_fmt(self.low)}, {_fmt(self.high)}]" if math.isfinite(self.low) else ""
         extra = f"; {self.why}" if self.why else ""
         return (f"{c.metric}: {c.a} {c.direction} than {c.b} by {_fmt(self.effect)}{interval} "
@@ -200,10 +220,16 @@ def judge(rule: Rule, evidence: Evidence) -> Judgement:
     if failed:
         return Judgement("not testable here", "gate not passed: " + "; ".join(g.detail for g in failed),
                          gates=gates)
-    raw = [_test(c, p, rule) for c, p in zip(rule.comparisons, evidence.pairs)]
-    adjusted = holm([r[3] for r in raw])
+    raw = [_test(c, p, rule) for c, p in zip(rule.comparisons, evidence.pairs) if isinstance(c, Comparison)]
+    adjusted = iter(holm([r[3] for r in raw]))  # over the tested comparisons only
+    tested = iter(raw)
     results = []
-    for (c, effect, (low, high), p, n, why), p_adj in zip(raw, adjusted):
+    for c, pairs in zip(rule.comparisons, evidence.pairs):
+        if isinstance(c, Bound):
+            results.append(_check(c, pairs))
+            continue
+        c, effect, (low, high), p, n, why = next(tested)
+        p_adj = next(adjusted)
         outcome = _outcome(c, effect, p_adj, rule, why)
         results.append(ComparisonResult(c, n, effect, low, high, p, p_adj, outcome, why))
     outcomes = {r.outcome for r in results}
@@ -216,6 +242,17 @@ def judge(rule: Rule, evidence: Evidence) -> Judgement:
         verdict = "undecided"
         reason = ", ".join(f"{n} {o}" for o, n in counts.items() if n)
     return Judgement(verdict, reason, tuple(results), gates)
+
+
+def _check(c: Bound, pairs: Pairs) -> ComparisonResult:
+    """A Bound: how many seeds are within the limit (kept in `low`), and the worst value (in `effect`)."""
+    values = [float(v) for v in pairs.a]
+    within = [v <= c.limit if c.direction == "at most" else v >= c.limit for v in values]
+    worst = (max(values) if c.direction == "at most" else min(values)) if values else math.nan
+    outcome = "supports" if values and all(within) else "contradicts" if values and not any(within) \
+        else "undecided"
+    return ComparisonResult(c, len(values), worst, float(sum(within)), float(len(values)), math.nan, math.nan,
+                            outcome)
 
 
 def _outcome(c: Comparison, effect: float, p: float, rule: Rule, why: str) -> str:
