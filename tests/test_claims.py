@@ -425,3 +425,37 @@ def test_study_claim_leaves_the_committed_ledger_alone_unless_asked(tmp_path, mo
     assert list((tmp_path / "docs").iterdir()) == []
     assert main(["study", "claim", "ledger", "--work-dir", "work", "--write-docs"]) == 0
     assert (tmp_path / "docs" / "claims.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "per_depth, conditioned, shared_loss, verdict",
+    [
+        (2.60, 2.55, 2.70, "supported"),
+        (2.80, 2.85, 2.70, "contradicted"),
+        (2.69, 2.55, 2.70, "undecided"),
+        (2.60, 2.55, 3.10, "not testable here"),
+    ],
+)
+def test_adaptive_rule(per_depth, conditioned, shared_loss, verdict):
+    """Planted losses: both adaptive arms 0.1 nats better (or worse) than the shared block decide; one
+    within the 0.02 minimum leaves it undecided; a shared model near the unigram loss is not testable."""
+    from albert_gpt.study.claims import adaptive
+
+    loss = {
+        "shared": shared_loss,
+        "shared + per-depth LN gain and bias": per_depth,
+        "shared + input-conditioned LN": conditioned,
+        "unshared": 2.5,
+    }
+    results = [
+        {
+            "arm": arm,
+            "seed": seed,
+            "val_loss": loss[arm] + noise * (1 + k),
+            "params": 1000,
+            "unigram_loss": 3.25,
+        }
+        for k, arm in enumerate(adaptive.ARMS)
+        for seed, noise in zip(adaptive.SEEDS["cpu"], (0.0, 0.004, -0.003, 0.002, -0.001))
+    ]
+    assert adaptive.CLAIM.verdict_of(results)[0] == verdict
