@@ -196,6 +196,26 @@ def test_conv_batchnorm_leaks_the_future_in_train_mode_only():
     torch.testing.assert_close(model(changed)[0][:, :-1], model(idx)[0][:, :-1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    "placement, scheme, conv_std, proj_std",
+    [
+        ("post", "gpt2", 0.02, 0.02 / math.sqrt(16)),
+        ("post", "normal", 0.02, 0.02),  # depth-independent: nothing scaled
+        ("deepnorm", "gpt2", 0.02 * 128**-0.25, 0.02 * 128**-0.25),  # DeepNet's beta = (8N)^(-1/4)
+    ],
+)
+def test_conv_init_scales_the_branch_as_its_scheme_says(placement, scheme, conv_std, proj_std):
+    torch.manual_seed(0)
+    model = ConvLM(
+        model_cfg(
+            arch="conv", n_layers=16, n_groups=16, n_embd=128, norm_placement=placement, init_scheme=scheme
+        )
+    )
+    branch = model.blocks[0].branch
+    assert branch.conv.weight.std().item() == pytest.approx(conv_std, rel=0.05)
+    assert branch.proj.weight.std().item() == pytest.approx(proj_std, rel=0.05)
+
+
 def test_conv_receptive_field_is_what_the_dilations_give():
     torch.manual_seed(0)
     cfg = model_cfg(arch="conv", norm="none", n_layers=3, n_groups=3, conv_dilation_cycle=2, block_size=32)

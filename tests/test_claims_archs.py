@@ -61,13 +61,15 @@ def _snapshot(rms_growth: float, grad_growth: float, pert_growth: float) -> dict
     }
 
 
-def _conv_depth(none_growth: float, post_growth: float) -> list[dict]:
+def _conv_depth(none_growth: float, post_growth: float, pre_growth: float = 4.0) -> list[dict]:
+    """Planted growth factors over the 16 blocks, each arm with its own seed noise."""
     out = []
+    growth = {"no norm + final LN": none_growth, "post-LN": post_growth, "pre-LN": pre_growth}
     for init in conv_depth.INITS:
-        for arm in conv_depth.ARMS:
-            g = none_growth if arm == "no norm + final LN" else post_growth
-            for s, j in zip(SEEDS, JITTER):
-                snap = _snapshot(g * (1 + j), g * (1 + j), g * (1 + j))
+        for k, arm in enumerate(conv_depth.ARMS):
+            g = growth.get(arm, 1.0)
+            for s, j in zip((1, 2, 3, 4, 5), (0.0, 0.01, -0.01, 0.005, -0.004)):
+                snap = _snapshot(g * (1 + j * (1 + k)), g * (1 + j * (1 + k)), g * (1 + j * (1 + k)))
                 out.append(
                     {"arm": arm, "init": init, "seed": s, "at_init": snap, "trained": snap, "diverged": False}
                 )
@@ -81,10 +83,16 @@ def test_conv_depth_measures_in_doublings():
 
 
 @pytest.mark.parametrize(
-    ("none", "post", "verdict"), [(16.0, 1.1, "supported"), (1.1, 16.0, "contradicted"), (1.5, 1.1, "mixed")]
+    ("none", "post", "pre", "verdict"),
+    [
+        (16.0, 1.1, 4.0, "supported"),
+        (1.1, 16.0, 4.0, "contradicted"),
+        (1.5, 1.1, 4.0, "undecided"),  # 0.45 doublings apart: below the 0.5 minimum
+        (16.0, 1.1, 1.2, "not testable here"),  # the control: pre-LN grew less than one doubling
+    ],
 )
-def test_conv_depth_rule(none, post, verdict):
-    assert conv_depth.analyze(_conv_depth(none, post)).verdict == verdict
+def test_conv_depth_rule(none, post, pre, verdict):
+    assert conv_depth.analyze(_conv_depth(none, post, pre)).verdict == verdict
 
 
 def test_conv_depth_propagation_is_zero_before_injection_and_measured_after():

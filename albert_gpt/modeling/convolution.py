@@ -93,7 +93,9 @@ class ConvLM(CausalLM):
 
     def reset_parameters(self) -> None:
         """GPT-2's init, as the transformer: N(0, init_std) weights, zero biases, each block's output
-        projection scaled by 1/sqrt(n_layers) (one residual branch per layer); norms their defaults."""
+        projection scaled by 1/sqrt(n_layers) (one residual branch per layer; not scaled with `init_scheme:
+        normal`; DeepNorm scales the branch's conv and projection by beta = (8N)^(-1/4)); norms their
+        defaults."""
         if self.cfg.init_scheme == "torch":
             torch_default_init(self)
             return
@@ -105,6 +107,11 @@ class ConvLM(CausalLM):
                 nn.init.zeros_(m.bias)
         with torch.no_grad():
             for block in self.blocks:
+                if self.cfg.norm_placement == "deepnorm":  # DeepNet's beta on the branch, as on the FFN
+                    beta = (8 * self.cfg.n_layers) ** -0.25
+                    nn.init.normal_(block.branch.conv.weight, mean=0.0, std=std * beta)
+                    nn.init.normal_(block.branch.proj.weight, mean=0.0, std=std * beta)
+                    continue
                 scale = 1.0 if self.cfg.init_scheme == "normal" else self.cfg.n_layers**-0.5
                 nn.init.normal_(block.branch.proj.weight, mean=0.0, std=std * scale)
         for m in self.modules():

@@ -19,7 +19,16 @@ import torch
 from albert_gpt.config import load_config
 from albert_gpt.study.claims.common import arm_seed_cells, prepared_data, probe_batch, runs_where, train_model
 from albert_gpt.study.claims.ledger import Analysis, Claim
-from albert_gpt.study.claims.stats import mean_interval, paired_difference
+from albert_gpt.study.claims.rules import (
+    Comparison,
+    Evidence,
+    GateResult,
+    Pairs,
+    PositiveControl,
+    Rule,
+    judge,
+)
+from albert_gpt.study.claims.stats import mean_interval
 from albert_gpt.study.report import markdown_table
 from albert_gpt.training.diagnostics import DepthDiagnostics
 
@@ -30,11 +39,17 @@ ARMS = {
     "no norm + final LN": ["model.norm_placement=none", "model.final_norm=true"],
     "post-LN": ["model.norm_placement=post"],
     "pre-LN": ["model.norm_placement=pre", "model.final_norm=true"],
+    # post-LN with DeepNet's residual scale alpha = (2N)^(1/4); beta = (8N)^(-1/4) on the branch under the
+    # depth-independent init (PyTorch's default init has no beta)
+    "DeepNorm": ["model.norm_placement=deepnorm"],
 }
-# GPT-2's init starts the blocks near the identity (small weights, residual projections scaled down);
-# PyTorch's default (fan-in) init is what convolutional networks are usually trained from. Both are run.
-INITS = {"gpt2": ["model.init_scheme=gpt2"], "torch default": ["model.init_scheme=torch"]}
-SEEDS = {"cpu": (1, 2, 3), "gpu": (1, 2, 3, 4, 5)}
+# The first edition ran GPT-2's init, which starts the blocks near the identity (residual projections scaled
+# by 1/sqrt(N)) and hides growth with depth: now a depth-independent N(0, 0.02) init, and PyTorch's default
+# (fan-in) init, what convolutional networks are usually trained from.
+INITS = {"normal": ["model.init_scheme=normal"], "torch default": ["model.init_scheme=torch"]}
+SEEDS = {"cpu": (1, 2, 3, 4, 5), "gpu": (1, 2, 3, 4, 5, 6, 7, 8)}
+MIN_DOUBLINGS = 0.5  # a factor of sqrt(2)
+CONTROL_DOUBLINGS = 1.0
 RELATIVE = 1e-3
 INJECT_AT = 3  # after the fourth block (0-based 3): 12 blocks follow
 
@@ -135,55 +150,61 @@ LABELS = {
 }
 
 
-def _rule(
-    results: list[dict[str, Any]], init: str
-) -> tuple[dict[str, bool], dict[str, bool], dict[str, Any]]:
-    """For one init: which parts of the rule hold, which go significantly the other way, and the paired
-    differences (no norm minus post-LN, trained)."""
-    none = [measures(r, "trained") for r in runs_where(results, arm="no norm + final LN", init=init)]
-    post = [measures(r, "trained") for r in runs_where(results, arm="post-LN", init=init)]
-    diffs = {k: paired_difference([m[k] for m in none], [m[k] for m in post]) for k in LABELS}
-    grows = {k: mean_interval([m[k] for m in none]) for k in ("activation", "gradient")}
-    holds = {
-        "activation": grows["activation"].low > 1 and diffs["activation"].low > 0,
-        "gradient": grows["gradient"].low > 1 and diffs["gradient"].low > 0,
-        "perturbation": diffs["perturbation"].low > 0,
-    }
-    against = {k: diffs[k].high < 0 for k in LABELS}
-    return holds, against, diffs
+RULE = Rule(
+    comparisons=tuple(
+        Comparison(
+            f"{LABELS[k]}, trained, {init} init", "post-LN", "no norm + final LN", "lower", MIN_DOUBLINGS
+        )
+        for init in INITS
+        for k in LABELS
+    ),
+    gates=(
+        PositiveControl(
+            f"the measurement sees growth with depth: pre-LN's trained activation RMS changes by at least "
+            f"{CONTROL_DOUBLINGS:g} doubling from the first block to the last in every seed under PyTorch's "
+            "default init"
+        ),
+    ),
+    min_seeds=len(SEEDS["cpu"]),
+    note=(
+        f"Doublings are log2; a minimum effect of {MIN_DOUBLINGS:g} doubling (a factor of sqrt 2); a value "
+        "that is not finite (an overflow) leaves its comparison undecided. At initialization, pre-LN and "
+        "DeepNorm are reported, not judged."
+    ),
+)
+
+
+def _evidence(results: list[dict[str, Any]]) -> Evidence:
+    control = [
+        measures(r, "trained")["activation"] for r in runs_where(results, arm="pre-LN", init="torch default")
+    ]
+    gate = GateResult(
+        bool(control) and min(control) >= CONTROL_DOUBLINGS,
+        f"pre-LN, trained, PyTorch's default init: activation change {min(control, default=math.nan):.2f} to "
+        f"{max(control, default=math.nan):.2f} doublings across seeds (control: {CONTROL_DOUBLINGS:g})",
+    )
+    pairs = [
+        Pairs(
+            [measures(r, "trained")[k] for r in runs_where(results, arm="post-LN", init=init)],
+            [measures(r, "trained")[k] for r in runs_where(results, arm="no norm + final LN", init=init)],
+        )
+        for init in INITS
+        for k in LABELS
+    ]
+    return Evidence([gate], pairs)
 
 
 def analyze(results: list[dict[str, Any]]) -> Analysis:
+    judged = judge(RULE, _evidence(results))
+    inits = [i for i in dict.fromkeys(r["init"] for r in results)]
     rows = []
-    for init in INITS:
+    for init in inits:
         for when in ("at_init", "trained"):
-            for arm in ARMS:
+            for arm in [a for a in ARMS if runs_where(results, arm=a, init=init)]:
                 ms = [measures(r, when) for r in runs_where(results, arm=arm, init=init)]
                 rows.append([init, when, arm, *[str(mean_interval([m[k] for m in ms])) for k in LABELS]])
     table = markdown_table(["init", "model", "arm", *LABELS.values()], rows)
-    verdicts, notes, activation = [], [], []
-    for init in INITS:
-        holds, against, diffs = _rule(results, init)
-        if all(holds.values()):
-            verdicts.append("supported")
-        elif any(against.values()) and not any(holds.values()):
-            verdicts.append("contradicted")
-        else:
-            verdicts.append("mixed")
-        parts = ", ".join(k for k in LABELS if holds[k]) or "none of the three"
-        numbers = "; ".join(f"{k} {diffs[k]}" for k in LABELS)
-        notes.append(f"{init} init: holds for {parts} (no norm minus post-LN, doublings: {numbers})")
-        activation.append(f"{init} {diffs['activation']}")
-    headline = "activation change, no norm minus post-LN (doublings): " + "; ".join(activation)
-    if all(v == "supported" for v in verdicts):
-        verdict = "supported"
-    elif all(v == "contradicted" for v in verdicts):
-        verdict = "contradicted"
-    else:
-        verdict = "mixed"
-    per_init = ", ".join(f"{i} {v}" for i, v in zip(INITS, verdicts))
-    reason = f"Per init: {per_init}. " + ". ".join(notes) + "."
-    return Analysis(verdict, reason, headline, table)
+    return Analysis(judged.verdict, judged.reason, judged.headline(), table)
 
 
 def figure(results: list[dict[str, Any]], path: Path) -> None:
@@ -196,8 +217,8 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
         ("grad", 0, "||dLoss/d output||"),
         ("perturbation", INJECT_AT, "relative perturbation"),
     )
-    for row, init in enumerate(INITS):
-        for i, arm in enumerate(ARMS):
+    for row, init in enumerate(list(dict.fromkeys(r["init"] for r in results))[:2]):
+        for i, arm in enumerate(a for a in ARMS if runs_where(results, arm=a, init=init)):
             runs = runs_where(results, arm=arm, init=init)
             for ax, (key, start, label) in zip(axes[row], panels):
                 values = [r["trained"][key] for r in runs]
@@ -223,20 +244,18 @@ CLAIM = Claim(
     "become unstable, and small errors accumulate through depth; LayerNorm keeps activations consistent "
     "across layers and limits that accumulation.",
     experiment="A causal convolutional LM of 16 unshared residual blocks (64 channels, kernel 3, dilations 1 "
-    "2 4 8 repeated), post-LN, pre-LN, or no norm in the blocks (a final LayerNorm kept before the head), "
-    "from GPT-2's init (blocks near the identity) and from PyTorch's default fan-in init, 300 steps at lr "
-    "1e-3, 3 seeds; measured at initialization and after training on 8 fixed training windows, with a "
-    f"perturbation of relative size {RELATIVE:g} added after block {INJECT_AT}. One no-norm cell (GPT-2 "
-    "init) was run as a smoke test before the rule was fixed; it is why both inits are in the grid.",
+    f"2 4 8 repeated), {', '.join(ARMS)} (the no-norm and pre-LN models keep a final LayerNorm before the "
+    "head), "
+    "from a depth-independent N(0, 0.02) init and from PyTorch's default fan-in init, 300 steps at lr 1e-3, "
+    f"{len(SEEDS['cpu'])} seeds; measured at initialization and after training on 8 fixed training windows, "
+    f"with a perturbation of relative size {RELATIVE:g} added after block {INJECT_AT}.",
     config=CONFIG,
     metric="in doublings (log2): |change| of the output RMS from the first block to the last; |change| of "
     "the loss gradient norm from the last block back to the first; growth of the injected perturbation "
-    "by the last block. No norm minus post-LN, paired by seed, on the trained models.",
-    rule="supported if, under both inits, the trained no-norm model's activation and gradient changes each "
-    "exceed one doubling (95% interval above 1) and exceed post-LN's (paired interval above 0), and its "
-    "perturbation grows more than post-LN's (paired interval above 0); contradicted if, under both inits, "
-    "none of the three holds and post-LN moves significantly more on one; otherwise mixed (each init's "
-    "verdict is reported).",
+    "by the last block; on the trained models, paired by seed.",
+    rule="",
+    decision=RULE,
+    evidence=_evidence,
     cells=cells,
     measure=measure,
     analyze=analyze,
