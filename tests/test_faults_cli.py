@@ -379,6 +379,33 @@ def test_python_yaml_tags_never_run(tmp_path, capsys):
     assert not marker.exists()
 
 
+def test_a_cache_entry_finished_by_another_process_during_the_rename_is_kept(tmp_path, monkeypatch):
+    """The race the test below can only hit by chance: another process renames its complete entry into
+    place between our check and our rename (rename then fails with ENOTEMPTY). Ours gives way to theirs."""
+    from train_utils import tiny_config
+
+    from albert_gpt.data import cache
+    from albert_gpt.data.pipeline import prepare_data
+
+    cfg = tiny_config(tmp_path)
+    theirs = prepare_data(cfg, progress=False).cache_dir  # "the other process" finished this entry
+    built = json.loads((Path(theirs) / "meta.json").read_text())
+    (Path(theirs) / "meta.json").rename(tmp_path / "meta.json")  # so ours is rebuilt ...
+    real_lexists, calls = cache.os.path.lexists, []
+
+    def lexists_then_finished(path):  # ... and the check sees no entry, as before the other finished
+        if Path(path) == Path(theirs) and not calls:
+            calls.append(path)
+            (tmp_path / "meta.json").rename(Path(theirs) / "meta.json")
+            return False
+        return real_lexists(path)
+
+    monkeypatch.setattr(cache.os.path, "lexists", lexists_then_finished)
+    again = prepare_data(cfg, progress=False)
+    assert calls and json.loads((Path(again.cache_dir) / "meta.json").read_text()) == built
+    assert not [p for p in (tmp_path / "cache").iterdir() if ".tmp-" in p.name]
+
+
 def test_two_concurrent_prepares_agree(tmp_path):
     """Two processes building the same token cache at once both succeed, on one entry."""
     config = write_config(tmp_path)

@@ -12,6 +12,7 @@ are never trained on that the pipeline did not write.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -173,7 +174,13 @@ def building_entry(root: Path, fp: str) -> Iterator[Path]:
                     log.info("another process completed %s first; keeping its copy", final)
                     return
                 _remove_incomplete(final, root)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError as exc:  # another process renamed its copy into place since the check above
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and read_entry(final, fp) is not None:
+                    log.info("another process completed %s first; keeping its copy", final)
+                    return
+                raise
         finally:
             if tmp.exists():
                 with contextlib.suppress(OSError, UnsafePath):
