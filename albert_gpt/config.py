@@ -38,6 +38,7 @@ NormKind = Literal[
 NormPlacement = Literal["post", "pre", "deepnorm", "none"]
 NormImpl = Literal["fused", "reference"]
 BatchStats = Literal["per_depth", "shared"]
+LSTMNormSites = Literal["all", "input"]
 DataSource = Literal["builtin", "files", "hub", "url"]
 EncodingErrors = Literal["replace", "strict"]
 TokenizerType = Literal["bpe", "char", "pretrained"]
@@ -109,6 +110,10 @@ class ModelConfig:
     final_norm: bool = opt(
         True, "normalize the stream before the LM head (post-LN and DeepNorm blocks end in a norm "
         "already, so this adds one only for pre and none)"
+    )
+    lstm_norm_sites: LSTMNormSites = opt(
+        "all", "lstm: which terms the norm normalizes: all (input term, recurrent term, cell: Ba et al.'s "
+        "LN-LSTM) | input (the input term only)"
     )
     batch_stats: BatchStats = opt(
         "per_depth", "batchnorm in a shared block: per_depth (each application keeps its own running "
@@ -474,6 +479,9 @@ def _validate_arch(m: ModelConfig) -> None:
     if m.arch == "lstm" and m.norm_placement != "post":
         raise ConfigError("model.norm_placement applies to transformer and conv blocks; an LSTM's norms sit "
                           "inside its cell (choose them with model.norm)")
+    if m.lstm_norm_sites != "all" and (m.arch != "lstm" or m.norm == "none"):
+        raise ConfigError("model.lstm_norm_sites applies to an LSTM with a norm (model.arch: lstm, "
+                          "model.norm not none)")
     if m.arch != "transformer" and m.norm_per_depth_affine:
         raise ConfigError("model.norm_per_depth_affine applies to shared transformer blocks only")
     if m.norm_per_depth_affine and m.norm not in ("layernorm", "rmsnorm", "batchnorm"):

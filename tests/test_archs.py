@@ -77,6 +77,29 @@ def test_ln_lstm_cell_equals_the_papers_equations():
     torch.testing.assert_close(h, ref[:, -1], rtol=1e-5, atol=1e-6)
 
 
+def test_input_only_ln_lstm_normalizes_the_input_term_alone():
+    """`lstm_norm_sites: input`: a_t = W_h h + LN(W_x x_t) + b, the cell un-normalized (the paper's
+    equations with the recurrent and cell norms removed, written out here)."""
+    torch.manual_seed(0)
+    layer = NormedLSTMLayer(model_cfg(arch="lstm", norm="layernorm", lstm_norm_sites="input"))
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    assert isinstance(layer.recurrent_norm, nn.Identity) and isinstance(layer.cell_norm, nn.Identity)
+    x = torch.randn(B, T, H)
+    Wx, Wh, b, n_x = layer.input_proj.weight, layer.recurrent_proj.weight, layer.bias, layer.input_norm
+    h, c, outs = torch.zeros(B, H), torch.zeros(B, H), []
+    for t in range(T):
+        a = h @ Wh.T + _ln(x[:, t] @ Wx.T, n_x.weight, n_x.bias) + b
+        i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outs.append(h)
+    torch.testing.assert_close(layer(x)[0], torch.stack(outs, 1), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="lstm_norm_sites applies to an LSTM with a norm"):
+        config_from_dict({"model": {"arch": "lstm", "norm": "none", "lstm_norm_sites": "input"}})
+
+
 def _load_from_torch(layer: NormedLSTMLayer, lstm: nn.LSTM, index: int = 0) -> None:
     with torch.no_grad():
         layer.input_proj.weight.copy_(getattr(lstm, f"weight_ih_l{index}"))

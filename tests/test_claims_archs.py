@@ -14,42 +14,51 @@ SEEDS = (1, 2, 3)
 JITTER = (0.0, 0.01, -0.01)
 
 
-def _recurrent(ln_early: float, ln_width: int, plain_width: int) -> list[dict]:
+def _recurrent(ln_reach: int, ln_width: int, plain_width: int, ln_final: float = 2.0) -> list[dict]:
+    """Planted LSTM cells over 7 seeds: the LN-LSTM reaches the target (unigram 3.25 - 0.5) at step
+    `ln_reach`, the others at step 150; an arm's first `width` learning rates end at `ln_final` (2.0 for
+    the others)."""
     out = []
+    seeds, jitter = (1, 2, 3, 4, 5, 6, 7), (0.0, 0.01, -0.01, 0.005, -0.004, 0.002, -0.003)
     for arm in recurrent.ARMS:
-        for s, j in zip(SEEDS, JITTER):
-            width = ln_width if arm == "LN-LSTM" else plain_width
+        width = ln_width if arm == "LN-LSTM" else plain_width
+        reach = ln_reach if arm == "LN-LSTM" else 150
+        for s, j in zip(seeds, jitter):
             for k, lr in enumerate(recurrent.LRS):
-                # the first `width` learning rates end at 2.0, the rest far above the best
-                final = 2.0 + j if k < width else 4.0
-                early = (ln_early if arm == "LN-LSTM" else 2.5) + j
+                final = ((ln_final if arm == "LN-LSTM" else 2.0) + j) if k < width else 4.0
+                curve = [[step, 2.6 if step >= reach + 25 * (s % 2) else 3.0] for step in range(25, 301, 25)]
                 out.append(
                     {
                         "arm": arm,
                         "lr": lr,
                         "seed": s,
                         "val_loss": final,
-                        "early_val_loss": early,
+                        "early_val_loss": 2.5,
                         "diverged": False,
                         "seconds_per_step": 0.01,
+                        "curve": curve,
+                        "unigram_loss": 3.25,
                     }
                 )
     return out
 
 
 @pytest.mark.parametrize(
-    ("ln_early", "ln_width", "plain_width", "verdict"),
+    ("reach", "ln_width", "plain_width", "ln_final", "verdict"),
     [
-        (2.3, 4, 2, "supported"),
-        (2.7, 4, 2, "contradicted"),
-        (2.3, 2, 2, "mixed"),
-        (2.5, 2, 4, "contradicted"),
+        (50, 4, 2, 2.0, "supported"),
+        (250, 2, 4, 2.0, "contradicted"),
+        (50, 2, 2, 2.0, "undecided"),  # faster, but the same range
+        (50, 4, 2, 3.1, "not testable here"),  # the LN-LSTM never left the plateau
     ],
 )
-def test_lstm_rule(ln_early, ln_width, plain_width, verdict):
-    analysis = recurrent.analyze(_recurrent(ln_early, ln_width, plain_width))
-    assert analysis.verdict == verdict
-    assert recurrent.trainable_lrs(_recurrent(ln_early, ln_width, plain_width), "LN-LSTM", 1) == ln_width
+def test_lstm_rule(reach, ln_width, plain_width, ln_final, verdict):
+    results = _recurrent(reach, ln_width, plain_width, ln_final)
+    assert recurrent.analyze(results).verdict == verdict
+    if ln_final == 2.0:
+        assert recurrent.trainable_lrs(results, "LN-LSTM", 1) == ln_width
+    assert recurrent.steps_to_target(results[0] | {"curve": [[25, 3.0], [50, 2.7], [75, 2.74]]}) == 50
+    assert recurrent.steps_to_target(results[0] | {"curve": [[25, 3.0]]}) == 325  # never: a lower bound
 
 
 def _snapshot(rms_growth: float, grad_growth: float, pert_growth: float) -> dict:

@@ -56,8 +56,9 @@ class NormedLSTMLayer(nn.Module):
         self.recurrent_proj = nn.Linear(H, 4 * H, bias=False)  # W_h
         self.bias = nn.Parameter(torch.zeros(4 * H))  # b, after the norms (a norm would remove it)
         self.input_norm = build_norm(cfg, 4 * H)
-        self.recurrent_norm = build_norm(cfg, 4 * H)
-        self.cell_norm = build_norm(cfg, H)
+        every_site = cfg.lstm_norm_sites == "all"  # "input": only the input term is normalized
+        self.recurrent_norm = build_norm(cfg, 4 * H) if every_site else nn.Identity()
+        self.cell_norm = build_norm(cfg, H) if every_site else nn.Identity()
 
     def reset_parameters(self) -> None:
         """nn.LSTM's default: every weight and the bias U(-1/sqrt(H), 1/sqrt(H))."""
