@@ -24,7 +24,15 @@ from albert_gpt.study.claims.common import (
     unigram_loss,
 )
 from albert_gpt.study.claims.ledger import Analysis, Claim
-from albert_gpt.study.claims.rules import Comparison, Evidence, GateResult, Pairs, Rule, Trained, judge
+from albert_gpt.study.claims.rules import (
+    Comparison,
+    Evidence,
+    Pairs,
+    Rule,
+    Trained,
+    judge,
+    trained_gate,
+)
 from albert_gpt.study.claims.stats import mean_interval
 from albert_gpt.study.report import markdown_table
 
@@ -86,27 +94,32 @@ MIN_LOG_RATIO = math.log(1.25)  # a spread at least 25% larger (or smaller) deci
 
 RULE = Rule(
     comparisons=tuple(
-        Comparison("log RMS spread over depth after training, shared", "post-LN", other, "lower",
-                   MIN_LOG_RATIO)
+        Comparison(
+            "log RMS spread over depth after training, shared", "post-LN", other, "lower", MIN_LOG_RATIO
+        )
         for other in JUDGED
     ),
     gates=(Trained("post-LN", TRAINED_MARGIN),),
     min_seeds=len(SEEDS["cpu"]),
-    note=(f"The spread is max / min over the 6 layer applications of the stream's RMS; natural log, minimum "
-          f"effect log 1.25 = {MIN_LOG_RATIO:.3f}. Judged after training: at initialization post-LN hands on "
-          "a LayerNorm's output with unit gains, so its spread is 1 by construction. Init, the unshared "
-          "models and the bare model are reported, not judged."),
+    note=(
+        f"The spread is max / min over the 6 layer applications of the stream's RMS; natural log, minimum "
+        f"effect log 1.25 = {MIN_LOG_RATIO:.3f}. Judged after training: at initialization post-LN hands on "
+        "a LayerNorm's output with unit gains, so its spread is 1 by construction. Init, the unshared "
+        "models and the bare model are reported, not judged."
+    ),
 )
 
 
 def _evidence(results: list[dict[str, Any]]) -> Evidence:
     post = runs_where(results, arm="post-LN", sharing="shared")
-    gaps = [r["unigram_loss"] - r["val_loss"] if r.get("val_loss") is not None else -math.inf for r in post]
-    gate = GateResult(min(gaps) >= TRAINED_MARGIN, f"shared post-LN ends {min(gaps):.2f} to {max(gaps):.2f} "
-                      f"nats below the unigram loss across seeds (gate: {TRAINED_MARGIN:g})")
-    pairs = [Pairs([math.log(spread(r["rms_trained"])) for r in post],
-                   [math.log(spread(r["rms_trained"]))
-                    for r in runs_where(results, arm=other, sharing="shared")]) for other in JUDGED]
+    gate = trained_gate("shared post-LN", post, TRAINED_MARGIN)
+    pairs = [
+        Pairs(
+            [math.log(spread(r["rms_trained"])) for r in post],
+            [math.log(spread(r["rms_trained"])) for r in runs_where(results, arm=other, sharing="shared")],
+        )
+        for other in JUDGED
+    ]
     return Evidence([gate], pairs)
 
 
@@ -118,12 +131,21 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
             runs = runs_where(results, arm=arm, sharing=sharing)
             init = mean_interval([spread(r["rms_init"]) for r in runs])
             trained = mean_interval([spread(r["rms_trained"]) for r in runs])
-            margin = mean_interval([r["unigram_loss"] - r["val_loss"] if r.get("val_loss") is not None
-                                    else math.nan for r in runs])
+            margin = mean_interval(
+                [
+                    r["unigram_loss"] - r["val_loss"] if r.get("val_loss") is not None else math.nan
+                    for r in runs
+                ]
+            )
             rows.append([arm, sharing, str(init), str(trained), str(margin)])
     table = markdown_table(
-        ["arm", "sharing", "RMS spread over depth at init", "after 300 steps",
-         "unigram loss - val loss (nats)"],
+        [
+            "arm",
+            "sharing",
+            "RMS spread over depth at init",
+            "after 300 steps",
+            "unigram loss - val loss (nats)",
+        ],
         rows,
     )
     return Analysis(judged.verdict, judged.reason, judged.headline(), table)

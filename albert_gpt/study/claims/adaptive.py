@@ -24,7 +24,15 @@ from albert_gpt.study.claims.common import (
     unigram_loss,
 )
 from albert_gpt.study.claims.ledger import Analysis, Claim
-from albert_gpt.study.claims.rules import Comparison, Evidence, GateResult, Pairs, Rule, Trained, judge
+from albert_gpt.study.claims.rules import (
+    Comparison,
+    Evidence,
+    Pairs,
+    Rule,
+    Trained,
+    judge,
+    trained_gate,
+)
 from albert_gpt.study.claims.stats import mean_interval, paired_difference
 from albert_gpt.study.report import markdown_table
 
@@ -79,12 +87,7 @@ RULE = Rule(
 
 def _evidence(results: list[dict[str, Any]]) -> Evidence:
     shared = runs_where(results, arm="shared")
-    gaps = [r["unigram_loss"] - _loss(r) if "unigram_loss" in r else -math.inf for r in shared]
-    gate = GateResult(
-        min(gaps) >= TRAINED_MARGIN,
-        f"the shared model ends {min(gaps):.2f} to {max(gaps):.2f} "
-        f"nats below the unigram loss across seeds (gate: {TRAINED_MARGIN:g})",
-    )
+    gate = trained_gate("the shared model", shared, TRAINED_MARGIN)
     pairs = [
         Pairs([_loss(r) for r in runs_where(results, arm=arm)], [_loss(r) for r in shared]) for arm in JUDGED
     ]

@@ -16,7 +16,15 @@ from typing import Any
 from albert_gpt.config import load_config
 from albert_gpt.study.claims.common import eval_loss, prepared_data, runs_where, train_model, unigram_loss
 from albert_gpt.study.claims.ledger import Analysis, Claim
-from albert_gpt.study.claims.rules import Comparison, Evidence, GateResult, Pairs, Rule, Trained, judge
+from albert_gpt.study.claims.rules import (
+    Comparison,
+    Evidence,
+    Pairs,
+    Rule,
+    Trained,
+    judge,
+    trained_gate,
+)
 from albert_gpt.study.claims.stats import mean_interval, paired_difference
 from albert_gpt.study.report import markdown_table
 
@@ -95,12 +103,7 @@ RULE = Rule(
 
 def _evidence(results: list[dict[str, Any]]) -> Evidence:
     ln = runs_where(results, norm="LayerNorm", lr=LRS[0])
-    gaps = [r["unigram_loss"] - _loss(r) if "unigram_loss" in r else -math.inf for r in ln]
-    gate = GateResult(
-        min(gaps) >= TRAINED_MARGIN,
-        f"LayerNorm at lr {LRS[0]:g} ends {min(gaps):.2f} to "
-        f"{max(gaps):.2f} nats below the unigram loss across seeds (gate: {TRAINED_MARGIN:g})",
-    )
+    gate = trained_gate(f"LayerNorm at lr {LRS[0]:g}", ln, TRAINED_MARGIN)
     pairs = [
         Pairs(_losses(results, norm, lr), _losses(results, "LayerNorm", lr)) for norm in JUDGED for lr in LRS
     ]

@@ -28,7 +28,15 @@ from albert_gpt.study.claims.common import (
     unigram_loss,
 )
 from albert_gpt.study.claims.ledger import Analysis, Claim
-from albert_gpt.study.claims.rules import Comparison, Evidence, GateResult, Pairs, Rule, Trained, judge
+from albert_gpt.study.claims.rules import (
+    Comparison,
+    Evidence,
+    Pairs,
+    Rule,
+    Trained,
+    judge,
+    trained_gate,
+)
 from albert_gpt.study.claims.stats import mean_interval
 from albert_gpt.study.report import markdown_table
 
@@ -106,35 +114,41 @@ def amplification(r: dict[str, Any], when: str, where: str) -> float:
     return math.inf if value is None else value / RELATIVE
 
 
-_MEASURES = (("relative", "last layer", "log relative amplification"),
-             ("absolute", "absolute", "log absolute amplification"))
+_MEASURES = (
+    ("relative", "last layer", "log relative amplification"),
+    ("absolute", "absolute", "log absolute amplification"),
+)
 RULE = Rule(
     comparisons=tuple(
-        Comparison(f"{label} {'at init' if when == 'init' else 'after training'}", JUDGED[0], JUDGED[1],
-                   "lower", MIN_LOG_RATIO)
-        for when in ("init", "trained") for _, _, label in _MEASURES
+        Comparison(
+            f"{label} {'at init' if when == 'init' else 'after training'}",
+            JUDGED[0],
+            JUDGED[1],
+            "lower",
+            MIN_LOG_RATIO,
+        )
+        for when in ("init", "trained")
+        for _, _, label in _MEASURES
     ),
     gates=tuple(Trained(arm, TRAINED_MARGIN) for arm in JUDGED),
     min_seeds=len(SEEDS["cpu"]),
-    note=(f"Amplification at the last of the 6 layer applications, natural log; a minimum effect of "
-          f"log 1.25 = {MIN_LOG_RATIO:.3f} (25% less or more). pre-LN and the bare no-norm model are "
-          "reported, not judged."),
+    note=(
+        f"Amplification at the last of the 6 layer applications, natural log; a minimum effect of "
+        f"log 1.25 = {MIN_LOG_RATIO:.3f} (25% less or more). pre-LN and the bare no-norm model are "
+        "reported, not judged."
+    ),
 )
 
 
 def _evidence(results: list[dict[str, Any]]) -> Evidence:
-    gates = []
-    for arm in JUDGED:
-        runs = runs_where(results, arm=arm)
-        gaps = [r["unigram_loss"] - r["val_loss"] if r.get("val_loss") is not None and "unigram_loss" in r
-                else -math.inf for r in runs]
-        gates.append(GateResult(min(gaps) >= TRAINED_MARGIN, f"{arm} ends {min(gaps):.2f} to {max(gaps):.2f} "
-                                f"nats below the unigram loss across seeds (gate: {TRAINED_MARGIN:g})"))
+    gates = [trained_gate(arm, runs_where(results, arm=arm), TRAINED_MARGIN) for arm in JUDGED]
     pairs = []
     for when in ("init", "trained"):
         for _, where, _ in _MEASURES:
-            a, b = ([math.log(amplification(r, when, where)) for r in runs_where(results, arm=arm)]
-                    for arm in JUDGED)
+            a, b = (
+                [math.log(amplification(r, when, where)) for r in runs_where(results, arm=arm)]
+                for arm in JUDGED
+            )
             pairs.append(Pairs(a, b))
     return Evidence(gates, pairs)
 
@@ -157,8 +171,17 @@ def analyze(results: list[dict[str, Any]]) -> Analysis:
             ]
         )
     table = markdown_table(
-        ["arm", "relative, init", "absolute, init", "logits, init", "relative, trained", "absolute, trained",
-         "logits, trained", "val loss, trained"], rows
+        [
+            "arm",
+            "relative, init",
+            "absolute, init",
+            "logits, init",
+            "relative, trained",
+            "absolute, trained",
+            "logits, trained",
+            "val loss, trained",
+        ],
+        rows,
     )
     return Analysis(judged.verdict, judged.reason, judged.headline(), table)
 

@@ -211,6 +211,16 @@ class Judgement:
         return "; ".join(parts) if parts else self.reason
 
 
+def trained_gate(what: str, runs: Sequence[dict], margin: float) -> GateResult:
+    """The Trained gate from runs that record `val_loss` and `unigram_loss`: `what` ends at least `margin`
+    nats below the unigram loss in every run (a run without them, or diverged, fails it)."""
+    gaps = [r["unigram_loss"] - r["val_loss"] if r.get("val_loss") is not None and "unigram_loss" in r
+            else -math.inf for r in runs]
+    low, high = (min(gaps), max(gaps)) if gaps else (-math.inf, -math.inf)
+    return GateResult(bool(gaps) and low >= margin, f"{what} ends {low:.2f} to {high:.2f} nats below the "
+                      f"unigram loss across seeds (gate: {margin:g})")
+
+
 def judge(rule: Rule, evidence: Evidence) -> Judgement:
     """The verdict `rule` gives on `evidence`."""
     if len(evidence.gates) != len(rule.gates) or len(evidence.pairs) != len(rule.comparisons):
