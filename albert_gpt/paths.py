@@ -54,10 +54,11 @@ def check_deletable(path: Path, within: Path, protect: Iterable[Path] = ()) -> N
     real, base = _real(path), _real(within)
     if real == base or base not in real.parents:
         raise UnsafePath(f"refusing to delete {path}: it is not inside {within}")
-    for guard in (Path.cwd(), *protect):
+    cwd = Path.cwd()
+    for guard in (cwd, *protect):
         held = _real(guard)
         if held == real or real in held.parents:
-            what = "the working directory" if guard == Path.cwd() else str(guard)
+            what = "the working directory" if guard == cwd else str(guard)
             raise UnsafePath(f"refusing to delete {path}: it is or contains {what}")
 
 
@@ -104,8 +105,7 @@ def clear_folder(folder: Path, within: Path, proof: Proof) -> list[Path]:
 
 def write_marker(folder: Path, kind: str) -> None:
     """Mark `folder`, which albert_gpt has just created, as albert_gpt's (`kind` says what it is)."""
-    fd = os.open(Path(folder) / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o666)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with os.fdopen(create_new(Path(folder) / MARKER), "w", encoding="utf-8") as f:
         json.dump({"kind": kind}, f)
 
 
@@ -164,8 +164,8 @@ def sweep_temp_files(folder: Path) -> list[Path]:
     if folder.is_symlink() or not folder.is_dir():
         return swept
     for path in folder.iterdir():
-        if _TEMP_NAME.match(path.name) and not path.is_symlink() and own_temp_file(path):
-            with contextlib.suppress(OSError, UnsafePath):
+        if _TEMP_NAME.match(path.name) and not path.is_symlink():
+            with contextlib.suppress(OSError, UnsafePath):  # refused while its writer lives
                 delete(path, folder, own_temp_file)
                 swept.append(path)
     return swept

@@ -252,10 +252,8 @@ def _url_config(tmp_path: Path, url: str, **data) -> Path:
 ])
 def test_a_bad_download_is_refused_and_nothing_is_left(tmp_path, capsys, bystander, body, data, says):
     server = _Server(body)
-    try:
-        started = time.monotonic()
+    try:  # the message proves which bound stopped it (the drip alone would finish, exit 0, after 120 s)
         expect_error(capsys, "prepare", str(_url_config(tmp_path, server.url, **data)), says=says)
-        assert time.monotonic() - started < 30
     finally:
         server.close()
     assert list((tmp_path / "cache" / "downloads").iterdir()) == []
@@ -329,9 +327,7 @@ def test_an_alias_bomb_is_refused_at_once(tmp_path, capsys):
     path = tmp_path / "bomb.yaml"  # 9^10 strings once expanded, 700 bytes on disk
     text = "\n".join(["anchors:"] + ["  " + line for line in lines]) + "\nrun:\n  name: [*a9, *a9]\n"
     path.write_text(text)
-    started = time.monotonic()
-    expect_error(capsys, "info", str(path), says=("more than 100,000 values",))
-    assert time.monotonic() - started < 5
+    expect_error(capsys, "info", str(path), says=("more than 100,000 values",))  # counted, never expanded
 
 
 def test_oversized_input_is_refused_before_it_is_parsed(tmp_path, capsys):

@@ -16,8 +16,8 @@ from albert_gpt.checkpoint.store import (
     FREE_MODEL_KEYS,
     MODEL_FILE,
     TOKENIZER_FILE,
+    read_manifest,
     reading_checkpoint,
-    verify_checkpoint,
 )
 from albert_gpt.checkpoint.weights import load_strict, load_weights
 from albert_gpt.config import Config, load_config
@@ -70,7 +70,7 @@ def load_run_checkpoint(
     """A run's chosen checkpoint, loaded. It is held while it is read, so a run being trained does not
     rotate it away half way."""
     with reading_checkpoint(Path(run_dir), checkpoint) as path:
-        meta = verify_checkpoint(path)  # again, now that nothing can replace it
+        meta = read_manifest(path)  # verified by the choice; held since, so unchanged
         cfg = load_config(path / CONFIG_FILE)
         if cfg.model.vocab_size is None:
             raise CheckpointError(f"{path / CONFIG_FILE}: model.vocab_size is not set")

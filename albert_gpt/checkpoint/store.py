@@ -178,6 +178,11 @@ def _sweep_stale(root: Path) -> None:
             log.warning("left %s in place: %s", stale, exc)
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A checkpoint's meta.json (its manifest), without verifying the files against it."""
+    return _read_meta(Path(path))
+
+
 def _read_meta(path: Path) -> dict[str, Any]:
     try:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
@@ -464,9 +469,10 @@ def resolve_checkpoint(run_dir: Path, name: str | None) -> Path:
 
 @contextlib.contextmanager
 def reading_checkpoint(run_dir: Path, name: str | None) -> Iterator[Path]:
-    """The checkpoint `name` means (see resolve_checkpoint), held with a shared lock for the block, so a
-    run being trained keeps it until the reader is done. When rotation removed it between the choice and
-    the lock, the choice is made again: the next complete checkpoint."""
+    """The checkpoint `name` means (see resolve_checkpoint, which verifies it), held with a shared lock for
+    the block, so a run being trained keeps it until the reader is done: neither rotation nor a re-save of
+    the same step touches a held checkpoint, so it needs no second verification. When rotation removed it
+    between the choice and the lock, the choice is made again: the next complete checkpoint."""
     for _ in range(3):
         path = resolve_checkpoint(run_dir, name)
         with folder_lock(path, shared=True) as held:
