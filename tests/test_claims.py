@@ -98,6 +98,52 @@ def test_sublayer_inputs_read_what_the_branch_reads():
         torch.testing.assert_close(got[1], expected[1])
 
 
+def test_injected_noise_scales_and_shifts_each_norm_output_but_the_heads():
+    """Santurkar et al.'s noisy norm: every norm call of a forward pass but the last (what the head reads)
+    gets its own per-feature scale and shift; `on=False` gives the clean model back, and a redraw moves
+    the drift measured at the sub-layer inputs."""
+    model = tiny(norm_placement="post").eval()
+    idx = torch.randint(0, V, (2, T))
+    clean_outputs: list[torch.Tensor] = []
+    norms = {id(n): n for b in model.blocks for n in (b.attn_norm, b.ffn_norm)}
+    grab = [
+        n.register_forward_hook(lambda m, a, o: clean_outputs.append(o.detach().clone()))
+        for n in norms.values()
+    ]
+    with torch.no_grad():
+        clean = model(idx)[0]
+    for h in grab:
+        h.remove()
+    noise = drift.InjectedNoise(model, 0.25, seed=3)
+    assert noise.calls == 8 and float((noise.scale - 1).abs().max()) <= 0.25
+    noisy_outputs: list[torch.Tensor] = []
+    grab = [
+        n.register_forward_hook(lambda m, a, o: noisy_outputs.append(o.detach().clone()))
+        for n in norms.values()
+    ]  # registered after the noise, so it sees the noisy output
+    with torch.no_grad():
+        model(idx)
+    for h in grab:
+        h.remove()
+    first = clean_outputs[0] * noise.scale[0] + noise.shift[0]
+    torch.testing.assert_close(noisy_outputs[0], first)
+    # the head's input is a LayerNorm's output as it is (unit gains at init): zero mean, unit variance per
+    # token; the call before it carries the noise, so its moments are off
+    last, before_last = noisy_outputs[-1], noisy_outputs[-2]
+    torch.testing.assert_close(last.mean(-1), torch.zeros(2, T), atol=1e-5, rtol=0)
+    torch.testing.assert_close(last.var(-1, correction=0), torch.ones(2, T), atol=1e-3, rtol=0)
+    assert float(before_last.mean(-1).abs().max()) > 0.01
+    noise.on = False
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], clean)
+    noise.on = True
+    before = drift.sublayer_inputs(model, idx)
+    noise.redraw()
+    after = drift.sublayer_inputs(model, idx)
+    assert drift.drift(before[0, "attn"], after[0, "attn"]) == 0.0  # the embeddings carry no noise
+    assert drift.drift(before[1, "attn"], after[1, "attn"]) > 0.05
+
+
 def test_a_perturbation_through_an_identity_stack_keeps_its_relative_size():
     model = tiny(norm_placement="none", final_norm=False)
     with torch.no_grad():  # every residual branch outputs 0: each block is the identity
@@ -233,6 +279,38 @@ def _generalization_results(post_gap: float, post_best: float) -> list[dict]:
 )
 def test_generalization_rule(gap, best, verdict):
     assert generalization.analyze(_generalization_results(gap, best)).verdict == verdict
+
+
+@pytest.mark.parametrize(
+    "bare_drift, noisy_drift, noisy_loss, post_final, verdict",
+    [
+        (0.4, 0.6, 2.95, 2.7, "supported"),  # less drift, faster than no norm, and the noise slows it
+        (0.4, 0.6, 2.851, 2.7, "undecided"),  # the noise costs nothing: (3) contradicts, (1), (2) support
+        (0.4, 0.25, 2.95, 2.7, "not testable here"),  # the noise did not double the drift: no control
+        (0.4, 0.6, 2.95, 3.1, "not testable here"),  # post-LN never left the unigram plateau
+    ],
+)
+def test_drift_rule(bare_drift, noisy_drift, noisy_loss, post_final, verdict):
+    """Planted drift series and validation curves, with seed noise, judged under claim c's rule."""
+    wobble = (0.0, 0.004, -0.003, 0.002, -0.001, 0.001)
+    results = []
+    for k, arm in enumerate(drift.ARMS_HERE):
+        for seed, w in zip(drift.SEEDS["cpu"], wobble[k:] + wobble[:k]):  # arms' noise differs
+            level = {"post-LN": 0.2, "no norm + final LN": bare_drift, drift.NOISY: noisy_drift}.get(arm, 0.3)
+            at_150 = {"post-LN": 2.85, "no norm + final LN": 2.95, drift.NOISY: noisy_loss}.get(arm, 3.0)
+            results.append(
+                {
+                    "arm": arm,
+                    "seed": seed,
+                    "drift": [[10, level * (1 + 10 * w), level], [20, level * (1 + 10 * w), level]],
+                    "curve": [[150, at_150 + w], [300, post_final + w]],
+                    "val_loss": post_final + w,
+                    "mean_train_loss": 3.0,
+                    "diverged": False,
+                    "unigram_loss": 3.25,
+                }
+            )
+    assert drift.CLAIM.verdict_of(results)[0] == verdict
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,23 @@ def test_an_effect_below_its_minimum_is_undecided_however_significant():
     assert _judge(rule, Pairs(b, a)) == "undecided"  # symmetric: nor does it contradict
 
 
+def test_an_effect_shown_smaller_than_its_minimum_contradicts_only_where_the_rule_says_so():
+    """The same data (a 0.03-nat effect, 95% interval inside [0.02, 0.04]) is undecided under a plain rule,
+    contradicts under one whose denial is 'no meaningful effect'; a wide interval reaching the minimum stays
+    undecided, and the mode changes the rule's text (and hash)."""
+    a, b = [2.000, 2.001, 1.999, 2.002, 2.000], [2.030, 2.032, 2.029, 2.031, 2.030]
+    small = Comparison("val loss", "post-LN", "noisy", "lower", 0.05, smaller_contradicts=True)
+    judged = judge(Rule((small,)), Evidence([], [Pairs(a, b)]))
+    assert judged.results[0].high < 0.05 and judged.verdict == "contradicted"
+    assert _judge(Rule((LOSS,)), Pairs(a, b)) == "undecided"
+    wide = [2.0, 2.1, 1.9, 2.05, 1.95]
+    assert _judge(Rule((small,)), Pairs(wide, [v + 0.03 for v in wide[::-1]])) == "undecided"
+    assert _judge(Rule((small,)), _pairs(2.0, 2.5)) == "supported"
+    assert "also contradicts" in Rule((small,)).text() and Rule((small,)).sha256() != Rule((LOSS,)).sha256()
+    with pytest.raises(ValueError, match="continuous"):
+        Comparison("count", "a", "b", "higher", 1.0, kind="count", smaller_contradicts=True)
+
+
 def test_noise_alone_is_undecided():
     rule = Rule((LOSS,))
     a = [2.0, 2.6, 1.7, 2.4, 2.1]

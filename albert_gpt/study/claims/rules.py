@@ -13,8 +13,11 @@ A rule has gates and comparisons:
 
 A comparison *supports* when its corrected p < alpha and the mean effect in the claimed direction is at
 least `min_effect`; it *contradicts* when the corrected p < alpha and the mean effect is at least
-`min_effect` the other way; otherwise it is *undecided*. The verdict is symmetric: "supported" when every
-deciding comparison supports, "contradicted" when every one contradicts, else "undecided".
+`min_effect` the other way; otherwise it is *undecided*. A comparison marked `smaller_contradicts` also
+contradicts when the effect is shown smaller than its minimum (95% interval entirely below it): for claims
+whose denial is "no meaningful effect" rather than "the opposite effect". The verdict is symmetric:
+"supported" when every deciding comparison supports, "contradicted" when every one contradicts, else
+"undecided".
 """
 
 from __future__ import annotations
@@ -78,11 +81,20 @@ class Comparison:
     direction: Direction
     min_effect: float
     kind: Kind = "continuous"
+    # Also contradicts when the effect is shown smaller than the minimum: its 95% interval lies entirely
+    # below min_effect (continuous metrics only). For claims whose denial is "no meaningful effect".
+    smaller_contradicts: bool = False
+
+    def __post_init__(self) -> None:
+        if self.smaller_contradicts and self.kind != "continuous":
+            raise ValueError("smaller_contradicts needs a continuous metric (its interval is a t interval)")
 
     def text(self) -> str:
         test = "paired t test" if self.kind == "continuous" else "exact paired permutation test"
+        smaller = (f"; an effect shown smaller than {self.min_effect:g} (95% interval entirely below it) "
+                   "also contradicts") if self.smaller_contradicts else ""
         return (f"{self.metric}: {self.a} {self.direction} than {self.b} by at least {self.min_effect:g} "
-                f"({test})")
+                f"({test}{smaller})")
 
 
 @dataclass(frozen=True)
@@ -240,7 +252,7 @@ def judge(rule: Rule, evidence: Evidence) -> Judgement:
             continue
         c, effect, (low, high), p, n, why = next(tested)
         p_adj = next(adjusted)
-        outcome = _outcome(c, effect, p_adj, rule, why)
+        outcome = _outcome(c, effect, p_adj, rule, why, high)
         results.append(ComparisonResult(c, n, effect, low, high, p, p_adj, outcome, why))
     outcomes = {r.outcome for r in results}
     if outcomes == {"supports"}:
@@ -265,12 +277,15 @@ def _check(c: Bound, pairs: Pairs) -> ComparisonResult:
                             outcome)
 
 
-def _outcome(c: Comparison, effect: float, p: float, rule: Rule, why: str) -> str:
-    if why or not math.isfinite(p) or p >= rule.alpha:
+def _outcome(c: Comparison, effect: float, p: float, rule: Rule, why: str, high: float) -> str:
+    if why:
         return "undecided"
-    if effect >= c.min_effect:
-        return "supports"
-    if effect <= -c.min_effect:
+    if math.isfinite(p) and p < rule.alpha:
+        if effect >= c.min_effect:
+            return "supports"
+        if effect <= -c.min_effect:
+            return "contradicts"
+    if c.smaller_contradicts and math.isfinite(high) and high < c.min_effect:
         return "contradicts"
     return "undecided"
 
