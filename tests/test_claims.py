@@ -182,31 +182,47 @@ def test_masked_batchnorm_takes_statistics_from_real_tokens_only():
 # ---------------------------------------------------------------- decision rules, each way
 
 
-def _sensitivity_results(post_widths: list[int], bare_widths: list[int]) -> list[dict]:
-    """Learning-rate results where an arm's first `width` grid points tie at its best loss."""
+def _batch_results(post_penalty: float, bare_penalty: float, post_large: float = 2.7) -> list[dict]:
+    """Batch-size results: each arm's loss at the largest batch, plus its small-batch penalty spread
+    linearly over the smaller batches; seed noise differs between arms."""
+    wobble = (0.0, 0.01, -0.012, 0.006, -0.004, 0.008, -0.003)
     results = []
-    for arm in sensitivity.ARMS:
-        for seed, (pw, bw) in enumerate(zip(post_widths, bare_widths), start=1):
-            width = pw if arm == "post-LN" else bw if arm == "no norm, bare" else 2
-            for i, lr in enumerate(sensitivity.LRS):
-                for warmup in (True, False):
-                    loss = 2.0 if i < width else 3.0 + i
-                    results.append({"arm": arm, "lr": lr, "warmup": warmup, "seed": seed, "val_loss": loss})
+    for k, arm in enumerate(sensitivity.LR_ARMS):
+        pen = {"post-LN": post_penalty, "no norm + final LN": bare_penalty, "no norm, bare": bare_penalty}
+        for seed, w in zip(sensitivity.LR_SEEDS["cpu"], wobble[k:] + wobble[:k]):
+            large = post_large if arm == "post-LN" else 2.8
+            for i, b in enumerate(reversed(sensitivity.BATCHES)):  # 32, 16, 8, 4
+                loss = large + (pen.get(arm, 0.3) + w) * i / (len(sensitivity.BATCHES) - 1)
+                results.append(
+                    {
+                        "arm": arm,
+                        "batch_size": b,
+                        "seed": seed,
+                        "val_loss": loss,
+                        "diverged": False,
+                        "unigram_loss": 3.25,
+                    }
+                )
     return results
 
 
 @pytest.mark.parametrize(
-    "post, bare, verdict",
+    "post, bare, post_large, verdict",
     [
-        ([5, 5, 4], [2, 1, 2], "supported"),
-        ([1, 2, 1], [4, 5, 5], "contradicted"),
-        ([3, 2, 4], [3, 3, 3], "mixed"),
+        (0.2, 0.5, 2.7, "supported"),
+        (0.5, 0.2, 2.7, "contradicted"),
+        (0.3, 0.32, 2.7, "undecided"),
+        (0.2, 0.5, 3.1, "not testable here"),  # post-LN never left the unigram plateau
+        (0.02, 0.05, 2.7, "not testable here"),  # the batch size hardly matters: no control
     ],
 )
-def test_sensitivity_rule(post, bare, verdict):
-    analysis = sensitivity._analyze(_sensitivity_results(post, bare), "lr", "learning rate")
-    assert analysis.verdict == verdict
-    assert "| post-LN, warmup on |" in analysis.table
+def test_batch_sensitivity_rule(post, bare, post_large, verdict):
+    results = _batch_results(post, bare, post_large)
+    if verdict == "not testable here" and post < 0.1:
+        for r in results:  # every arm's penalty small
+            r["val_loss"] = 2.8 + (0.02 if r["batch_size"] == 4 else 0.0) + 0.001 * r["seed"]
+    assert sensitivity.BATCH_CLAIM.verdict_of(results)[0] == verdict
+    assert "| post-LN |" in sensitivity.BATCH_CLAIM.analyze(results).table
 
 
 def _gradient_results(post_b: float, bare_b: float, control_b: float = 1.5) -> list[dict]:

@@ -1,10 +1,11 @@
 """Claim f: normalization reduces sensitivity to the learning rate, the initialization scale and the
 batch size. Three rows (f1 learning rate with and without warmup, f2 init scale, f3 batch size).
 
-f1 is judged under the ledger's second edition (rules.py): the trainable range is absolute (within
-MARGIN nats of the best loss of all arms at that seed), gated on post-LN having trained and on the
-grid reaching every arm's failing end. f2 and f3 still use the first edition's width (settings within
-0.05 nats of the arm's own best) until they are re-measured.
+All three are judged under the ledger's second edition (rules.py). f1 and f2: the trainable range is
+absolute (within MARGIN nats of the best loss of all arms at that seed), gated on post-LN having trained
+and on the grid reaching every arm's failing end. f3: every batch size trains the same number of steps
+(the step count is not tied to the batch size), and the metric is the small-batch penalty, the final
+loss at the smallest batch minus that at the largest, same arm and seed.
 """
 
 from __future__ import annotations
@@ -25,22 +26,19 @@ from albert_gpt.study.claims.rules import (
     Rule,
     Trained,
     judge,
+    trained_gate,
 )
-from albert_gpt.study.claims.stats import mean_interval, paired_difference
+from albert_gpt.study.claims.stats import mean_interval
 from albert_gpt.study.report import markdown_table
 
 CONFIG = "configs/claims/train.yaml"
-NEAR_BEST = 0.05  # nats: a setting "trains" when its final val loss is this close to the arm's best
-SEEDS = {"cpu": (1, 2, 3), "gpu": (1, 2, 3, 4, 5)}
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # half-decade steps (x 3.16)
 INIT_STDS = (0.02, 0.06, 0.125, 0.25, 0.5, 1.0)  # to 1.0: the grid must reach every arm's failing end
 INIT_STEPS = 300
-BATCHES = (4, 8, 16, 32)  # at an equal token budget: 16 x 32 x 200 tokens
-TOKENS = 16 * 32 * 200
+BATCHES = (4, 8, 16, 32)  # each trained BATCH_STEPS steps at lr 1e-3
+BATCH_STEPS = 300
 LR_STEPS = 300  # past the unigram plateau: post-LN ends ~0.9 nats below it at lr 3e-3 (pilot, seed 1)
 LR_ARMS = ("post-LN", "pre-LN", "no norm + final LN", "no norm, bare")
-# f3's arms (first edition): every normalization of common.ARMS that existed when it was measured
-F3_ARMS = ("post-LN", "pre-LN", "no norm + final LN", "no norm, bare", "BN per depth", "RMSNorm")
 LR_SEEDS = {"cpu": (1, 2, 3, 4, 5, 6, 7), "gpu": (1, 2, 3, 4, 5, 6, 7, 8)}  # two count comparisons: >= 7
 MARGIN = 0.1  # nats: a setting trains when it ends this close to the best loss of all arms (same seed)
 TRAINED_MARGIN = 0.3  # nats below the unigram loss that post-LN's best setting must reach in every seed
@@ -66,11 +64,13 @@ def _init_cells(size: str) -> list[dict[str, Any]]:
     ]
 
 
-def _cells(size: str, axis: str, values: tuple) -> list[dict[str, Any]]:
-    cells = [{"arm": arm, axis: v, "seed": seed} for arm in F3_ARMS for v in values for seed in SEEDS[size]]
-    if axis == "lr":
-        cells = [{**c, "warmup": w} for c in cells for w in (True, False)]
-    return cells
+def _batch_cells(size: str) -> list[dict[str, Any]]:
+    return [
+        {"arm": arm, "batch_size": b, "seed": seed}
+        for arm in LR_ARMS
+        for b in BATCHES
+        for seed in LR_SEEDS[size]
+    ]
 
 
 def measure(cell: dict[str, Any]) -> dict[str, Any]:
@@ -85,11 +85,10 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
     if "init_std" in cell:
         overrides += [f"model.init_std={cell['init_std']}", f"train.max_steps={INIT_STEPS}"]
     if "batch_size" in cell:
-        steps = TOKENS // (cell["batch_size"] * 32)
         overrides += [
             f"train.batch_size={cell['batch_size']}",
-            f"train.max_steps={steps}",
-            f"train.warmup_steps={steps // 10}",
+            f"train.max_steps={BATCH_STEPS}",
+            f"train.warmup_steps={BATCH_STEPS // 10}",
         ]
     cfg = load_config(CONFIG, overrides)
     data = prepared_data(cfg)
@@ -107,20 +106,6 @@ def _loss(r: dict[str, Any]) -> float:
     return math.inf if r["val_loss"] is None else r["val_loss"]
 
 
-def width(results: list[dict[str, Any]], arm: str, seed: int, axis: str, warmup: bool | None = None) -> int:
-    """How many settings of `axis` end within NEAR_BEST of this arm's best (same seed)."""
-    runs = [
-        r
-        for r in results
-        if r["arm"] == arm
-        and r["seed"] == seed
-        and axis in r
-        and (warmup is None or r.get("warmup") == warmup)
-    ]
-    best = min(_loss(r) for r in runs)
-    return sum(_loss(r) <= best + NEAR_BEST for r in runs)
-
-
 def best(results: list[dict[str, Any]], arm: str, seed: int, axis: str, warmup: bool | None = None) -> float:
     return min(
         _loss(r)
@@ -132,107 +117,11 @@ def best(results: list[dict[str, Any]], arm: str, seed: int, axis: str, warmup: 
     )
 
 
-def _analyze(results: list[dict[str, Any]], axis: str, label: str) -> Analysis:
-    seeds = sorted({r["seed"] for r in results})
-    warmups = (True, False) if axis == "lr" else (None,)
-    rows = []
-    widths: dict[tuple[str, bool | None], list[int]] = {}
-    for arm in F3_ARMS:
-        for w in warmups:
-            ws = [width(results, arm, s, axis, w) for s in seeds]
-            widths[arm, w] = ws
-            bs = mean_interval([best(results, arm, s, axis, w) for s in seeds])
-            name = arm if w is None else f"{arm}, warmup {'on' if w else 'off'}"
-            values = sorted({r[axis] for r in results if axis in r})
-            at = [
-                mean_interval(
-                    [
-                        _loss(r)
-                        for r in results
-                        if r["arm"] == arm and r.get(axis) == v and (w is None or r.get("warmup") == w)
-                    ]
-                )
-                for v in values
-            ]
-            rows.append([name, str(mean_interval(ws)), str(bs), *[_cell(iv) for iv in at]])
-    values = sorted({r[axis] for r in results if axis in r})
-    table = markdown_table(
-        [
-            "arm",
-            f"trainable {label}s (of {len(values)})",
-            "best val loss",
-            *[f"{label} {v:g}" for v in values],
-        ],
-        rows,
-    )
-    main = warmups[0]
-    post, bare, final = (
-        widths["post-LN", main],
-        widths["no norm, bare", main],
-        widths["no norm + final LN", main],
-    )
-    vs_bare = paired_difference(post, bare)
-    vs_final = paired_difference(post, final)
-    wins = sum(p > b for p, b in zip(post, bare))
-    headline = (
-        f"{label} range width, post-LN minus no norm bare: {vs_bare}; post-LN minus no norm + final LN: "
-        f"{vs_final}"
-    )
-    if vs_bare.low > 0 and wins >= 2:
-        verdict, reason = "supported", f"post-LN trains over more {label} settings than the bare model."
-    elif vs_final.high < 0 or vs_bare.high < 0:
-        verdict, reason = (
-            "contradicted",
-            (
-                f"a model without normalization trains over more {label} settings than post-LN "
-                "(paired interval below 0), against the article."
-            ),
-        )
-    else:
-        verdict, reason = "mixed", f"no difference in {label} range that the intervals can resolve."
-    if all(w == 1 for ws in widths.values() for w in ws):
-        reason += (
-            f" Every arm's range is a single {label} in every seed: neighbouring settings of this grid "
-            f"differ by more than {NEAR_BEST} nats, so the metric fixed before the runs cannot separate "
-            "the arms here."
-        )
-    reason += (
-        f" Against no norm with a final LN (normalized only before the head) the difference is {vs_final}."
-    )
-    reason += (
-        " Where each arm does best, and where it fails: "
-        + "; ".join(_where(results, arm, axis, main) for arm in F3_ARMS)
-        + "."
-    )
-    return Analysis(verdict, reason, headline, table)
-
-
-def _where(results: list[dict[str, Any]], arm: str, axis: str, warmup: bool | None) -> str:
-    """Computed description of one arm: its best setting (by mean loss), and where it diverged."""
-    runs = [
-        r for r in results if r["arm"] == arm and axis in r and (warmup is None or r.get("warmup") == warmup)
-    ]
-    values = sorted({r[axis] for r in runs})
-    means = {v: mean_interval([_loss(r) for r in runs if r[axis] == v]).mean for v in values}
-    finite = {v: m for v, m in means.items() if math.isfinite(m)}
-    best_at = min(finite, key=finite.get) if finite else None
-    diverged = [
-        f"{v:g}"
-        for v in values
-        if any(r.get("diverged") or r["val_loss"] is None for r in runs if r[axis] == v)
-    ]
-    if best_at is None:
-        return f"{arm} never finite"
-    text = f"{arm} best at {best_at:g} ({finite[best_at]:.2f})"
-    top = max(finite)
-    if top != best_at:
-        text += f", {finite[top]:.2f} at {top:g}"
-    return text + (f", diverged at {', '.join(diverged)}" if diverged else "")
-
-
 # ---------------------------------------------------------------- f1, second edition
 
 _WIDTH = "trainable lr range (decades, warmup on)"
+
+
 def _range_rule(metric: str, min_effect: float, setting: str, note: str) -> Rule:
     """post-LN's trainable range against both no-norm arms (exact count tests, Holm), gated on post-LN
     having trained and on the grid reaching every arm's failing end (`setting`: where it must fail)."""
@@ -430,6 +319,106 @@ def _lr_analyze(results: list[dict[str, Any]]) -> Analysis:
     return Analysis(judged.verdict, judged.reason, judged.headline(), table)
 
 
+# ---------------------------------------------------------------- f3, second edition
+
+MIN_PENALTY_GAIN = 0.05  # nats: a small-batch penalty at least this much smaller (or larger) decides
+BATCH_CONTROL = 0.1  # nats: the batch size must matter here, averaged over the arms, in every seed
+
+
+def penalty(results: list[dict[str, Any]], arm: str, seed: int) -> float:
+    """The small-batch penalty: final val loss at the smallest batch minus at the largest (same arm and
+    seed); inf when the small batch diverged and the large one did not, NaN when both diverged."""
+    at = {
+        r["batch_size"]: _loss(r)
+        for r in results
+        if r["arm"] == arm and r["seed"] == seed and "batch_size" in r
+    }
+    small, large = at.get(min(BATCHES), math.nan), at.get(max(BATCHES), math.nan)
+    return small - large if math.isfinite(large) else math.nan
+
+
+BATCH_RULE = Rule(
+    comparisons=tuple(
+        Comparison(
+            f"small-batch penalty (val loss at batch {min(BATCHES)} minus at {max(BATCHES)}, nats)",
+            "post-LN",
+            other,
+            "lower",
+            MIN_PENALTY_GAIN,
+        )
+        for other in ("no norm + final LN", "no norm, bare")
+    ),
+    gates=(
+        Trained("post-LN", TRAINED_MARGIN),
+        PositiveControl(
+            f"the batch size matters here: averaged over the arms, the loss at batch {min(BATCHES)} is at "
+            f"least {BATCH_CONTROL:g} nats above that at batch {max(BATCHES)} in every seed"
+        ),
+    ),
+    min_seeds=len(LR_SEEDS["cpu"]),
+    note=(
+        f"Every batch size ({', '.join(str(b) for b in BATCHES)}) trains {BATCH_STEPS} steps at lr 1e-3 "
+        f"({BATCH_STEPS // 10} warmup steps, cosine to 1e-5): the step count is not tied to the batch size, "
+        "so a smaller batch also sees fewer tokens, the same for every arm. The trained gate takes post-LN "
+        f"at batch {max(BATCHES)}. Pre-LN and the middle batch sizes are reported, not judged."
+    ),
+)
+
+
+def _batch_evidence(results: list[dict[str, Any]]) -> Evidence:
+    seeds = sorted({r["seed"] for r in results})
+    post = [r for r in results if r["arm"] == "post-LN" and r.get("batch_size") == max(BATCHES)]
+    gate = trained_gate(
+        f"post-LN at batch {max(BATCHES)}", sorted(post, key=lambda r: r["seed"]), TRAINED_MARGIN
+    )
+    per_seed = []
+    for s in seeds:
+        gaps = [penalty(results, arm, s) for arm in LR_ARMS]
+        finite = [g for g in gaps if math.isfinite(g)]
+        per_seed.append(sum(finite) / len(finite) if finite else math.nan)
+    shown = bool(per_seed) and all(math.isfinite(g) and g >= BATCH_CONTROL for g in per_seed)
+    control = GateResult(
+        shown,
+        f"the mean small-batch penalty over the arms is {min(per_seed, default=math.nan):.2f} to "
+        f"{max(per_seed, default=math.nan):.2f} nats across seeds (control: {BATCH_CONTROL:g})",
+    )
+    pairs = [
+        Pairs([penalty(results, c.a, s) for s in seeds], [penalty(results, c.b, s) for s in seeds])
+        for c in BATCH_RULE.comparisons
+    ]
+    return Evidence([gate, control], pairs)
+
+
+def _batch_analyze(results: list[dict[str, Any]]) -> Analysis:
+    judged = judge(BATCH_RULE, _batch_evidence(results))
+    seeds = sorted({r["seed"] for r in results})
+    rows = []
+    for arm in LR_ARMS:
+        at = [
+            mean_interval([_loss(r) for r in results if r["arm"] == arm and r.get("batch_size") == b])
+            for b in BATCHES
+        ]
+        diverged = sum(bool(r.get("diverged")) for r in results if r["arm"] == arm)
+        rows.append(
+            [
+                arm,
+                str(mean_interval([penalty(results, arm, s) for s in seeds])),
+                str(diverged),
+                *[_cell(iv) for iv in at],
+            ]
+        )
+    table = markdown_table(
+        [
+            "arm",
+            f"small-batch penalty (batch {min(BATCHES)} - {max(BATCHES)}) [95% CI]",
+            "diverged runs",
+            *[f"batch {b}" for b in BATCHES],
+        ],
+        rows,
+    )
+    return Analysis(judged.verdict, judged.reason, judged.headline(), table)
+
+
 def _cell(iv: Any) -> str:
     return "diverged" if not math.isfinite(iv.mean) else f"{iv.mean:.3f}"
 
@@ -471,53 +460,6 @@ def _figure(results: list[dict[str, Any]], path: Path, axis: str, label: str) ->
         )
     axes[0][0].legend(fontsize=7)
     save(fig, path)
-
-
-_ARMS_TEXT = "post-LN, pre-LN, no norm with a final LN, no norm at all, BatchNorm per depth, RMSNorm"
-_METRIC = (
-    f"the width of the trainable range: settings whose final validation loss is within {NEAR_BEST} "
-    "nats of the same arm's best (per seed), and the best loss itself; mean and 95% t interval over 3 "
-    "seeds."
-)
-
-
-def _rule(label: str) -> str:
-    return (
-        f"supported if post-LN's trainable {label} range is wider than the bare no-norm model's in at least "
-        "2 of 3 seeds and the 95% interval of the paired difference excludes 0; contradicted if post-LN's "
-        "is narrower than a no-norm arm's (bare or with a final LN) with the interval excluding 0; "
-        "otherwise mixed."
-    )
-
-
-def _claim(
-    letter: str,
-    name: str,
-    title: str,
-    sections: str,
-    statement: str,
-    experiment: str,
-    axis: str,
-    values: tuple,
-    label: str,
-    rule_extra: str = "",
-) -> Claim:
-    """One row of f: the same metric and rule, over one axis of the grid."""
-    return Claim(
-        letter=letter,
-        name=name,
-        title=title,
-        sections=sections,
-        statement=statement,
-        experiment=f"{experiment}; arms: {_ARMS_TEXT}; 3 seeds.",
-        config=CONFIG,
-        metric=_METRIC,
-        rule=_rule(label.replace(" ", "-").replace("std", "scale")) + rule_extra,
-        cells=lambda size: _cells(size, axis, values),
-        measure=measure,
-        analyze=lambda results: _analyze(results, axis, label),
-        figure=lambda results, path: _figure(results, path, axis, label),
-    )
 
 
 LR_CLAIM = Claim(
@@ -568,15 +510,26 @@ INIT_CLAIM = Claim(
     analyze=_init_analyze,
     figure=lambda results, path: _figure(results, path, "init_std", "init std"),
 )
-BATCH_CLAIM = _claim(
-    "f3",
-    "sensitivity-batch",
-    "Normalization reduces sensitivity to the batch size",
-    "7",
-    "With normalization, training is less sensitive to the batch size.",
-    f"Batch size 4 / 8 / 16 / 32 at an equal budget of {TOKENS:,} training tokens (800 to 100 steps, "
-    "10% warmup), lr 1e-3",
-    "batch_size",
-    BATCHES,
-    "batch size",
+BATCH_CLAIM = Claim(
+    letter="f3",
+    name="sensitivity-batch",
+    title="Normalization reduces sensitivity to the batch size",
+    sections="7",
+    statement="With normalization, training is less sensitive to the batch size.",
+    experiment=(
+        f"Batch size {' / '.join(str(b) for b in BATCHES)}, each {BATCH_STEPS} steps at lr 1e-3 (10% warmup, "
+        f"cosine to 1e-5); arms: {', '.join(LR_ARMS)}; {len(LR_SEEDS['cpu'])} seeds."
+    ),
+    config=CONFIG,
+    metric=(
+        f"the small-batch penalty: final val loss at batch {min(BATCHES)} minus at batch {max(BATCHES)}, "
+        "same arm and seed (lower = less sensitive); the loss at every batch size is reported."
+    ),
+    rule="",
+    decision=BATCH_RULE,
+    evidence=_batch_evidence,
+    cells=_batch_cells,
+    measure=measure,
+    analyze=_batch_analyze,
+    figure=lambda results, path: _figure(results, path, "batch_size", "batch size"),
 )
