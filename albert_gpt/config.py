@@ -38,6 +38,7 @@ NormKind = Literal[
 NormPlacement = Literal["post", "pre", "deepnorm", "none"]
 NormImpl = Literal["fused", "reference"]
 BatchStats = Literal["per_depth", "shared"]
+BatchAxes = Literal["batch_time", "batch"]
 LSTMNormSites = Literal["all", "input"]
 DataSource = Literal["builtin", "files", "hub", "url"]
 EncodingErrors = Literal["replace", "strict"]
@@ -118,6 +119,15 @@ class ModelConfig:
     batch_stats: BatchStats = opt(
         "per_depth", "batchnorm in a shared block: per_depth (each application keeps its own running "
         "statistics; gamma and beta stay shared) | shared (one set for every depth)"
+    )
+    batch_axes: BatchAxes = opt(
+        "batch_time", "batchnorm's training statistics: batch_time (over every position of every sequence, "
+        "as BatchNorm is usually applied to sequences; a token sees later tokens through them) | batch "
+        "(causal: at each position over the batch only, with running statistics per position)"
+    )
+    batch_group: int = opt(
+        0, "batchnorm with batch_axes batch: ghost batches of this many sequences, each with its own "
+        "statistics (0 = the whole batch; at least 2)", min=0, max=2**20
     )
     norm_affine: bool = opt(True, "learnable gamma and beta in the norms")
     norm_eps: float = opt(1e-5, "epsilon inside the square root of the norms", min_exclusive=0.0)
@@ -443,6 +453,10 @@ def validate(cfg: Config) -> None:
     if m.n_layers % m.n_groups:
         raise ConfigError(f"model.n_groups ({m.n_groups}) must divide model.n_layers ({m.n_layers})")
     _validate_arch(m)
+    if m.batch_group and t.batch_size % m.batch_group:
+        raise ConfigError(
+            f"model.batch_group ({m.batch_group}) must divide train.batch_size ({t.batch_size})"
+        )
     if m.embedding_dim is not None and m.embedding_dim > m.n_embd:
         raise ConfigError(f"model.embedding_dim ({m.embedding_dim}) must be <= model.n_embd ({m.n_embd})")
     if d.val_fraction + d.test_fraction >= 1.0:
@@ -489,6 +503,13 @@ def _validate_arch(m: ModelConfig) -> None:
                           f"(layernorm, rmsnorm or batchnorm), not {m.norm}")
     if m.norm_per_depth_affine and not m.norm_affine:
         raise ConfigError("model.norm_per_depth_affine needs model.norm_affine: true")
+    if m.batch_axes != "batch_time" and m.norm != "batchnorm":
+        raise ConfigError("model.batch_axes applies to model.norm: batchnorm")
+    if m.batch_group and (m.norm != "batchnorm" or m.batch_axes != "batch"):
+        raise ConfigError("model.batch_group applies to model.norm: batchnorm with model.batch_axes: batch")
+    if m.batch_group == 1:
+        raise ConfigError("model.batch_group: 1 sequence has no batch statistics (use 0 for the whole batch, "
+                          "or at least 2)")
     shared = m.n_groups < m.n_layers
     if m.arch != "transformer" and m.norm == "batchnorm" and shared and m.batch_stats == "per_depth":
         raise ConfigError(

@@ -14,7 +14,7 @@ from torch import nn
 
 from albert_gpt.config import ModelConfig
 from albert_gpt.modeling.layers import CausalSelfAttention, FeedForward, KVCache
-from albert_gpt.modeling.norms import SequenceBatchNorm, build_norm
+from albert_gpt.modeling.norms import BATCH_NORMS, build_norm
 
 # trace(point, tensor): told about each tensor at TRACE_POINTS of one layer application.
 Trace = Callable[[str, torch.Tensor], None]
@@ -54,7 +54,7 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
 def masked_norm(norm: nn.Module, valid: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The norm as a function of x; a BatchNorm given the padding mask takes its statistics from real
     tokens only (per-token norms never look at other tokens, so they need no mask)."""
-    if valid is not None and isinstance(norm, SequenceBatchNorm):
+    if valid is not None and isinstance(norm, BATCH_NORMS):
         return functools.partial(norm, valid=valid)
     return norm
 

@@ -11,7 +11,8 @@ block keeps one set of weights and takes each depth's dilation at call time.
 
 Every norm but BatchNorm is causal: LayerNorm, RMSNorm and GroupNorm look at one position, the causal
 instance norm at positions 0..t. BatchNorm takes its statistics over batch and time, as it is used in
-practice, and so leaks later positions into earlier ones at train time (measured in docs/claims.md).
+practice, and so leaks later positions into earlier ones at train time (measured in docs/claims.md);
+`model.batch_axes: batch` takes them over the batch at each position instead (causal).
 
 Shapes: B batch, T tokens, H channels (= hidden size), k kernel taps.
 """

@@ -110,6 +110,80 @@ class SequenceBatchNorm(nn.Module):
         return F.batch_norm(rows, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
+class CausalBatchNorm(nn.Module):
+    """BatchNorm for (B, T, H) sequences that never looks at a later position: in train mode each
+    position takes its mean and variance over the sequences of the batch at that position only (or over
+    ghost batches of `group` sequences), and keeps running statistics per position, as Cooijmans et al.
+    2016 keep them per time step. Eval mode uses the running statistics of each position (positions
+    beyond the last one trained use the last one's).
+
+    `start` is the position of x's first step (an LSTM normalizes one step at a time). A position with
+    fewer than two real tokens in a group has no statistics to take; the running ones stand in.
+    """
+
+    def __init__(self, dim: int, positions: int, group: int = 0, eps: float = 1e-5, affine: bool = True,
+                 momentum: float = 0.1) -> None:
+        super().__init__()
+        self.group, self.eps, self.momentum = group, eps, momentum
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if affine else None
+        self.register_buffer("running_mean", torch.zeros(positions, dim))
+        self.register_buffer("running_var", torch.ones(positions, dim))
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, start: int = 0) -> torch.Tensor:
+        B, T, H = x.shape
+        at = torch.arange(start, start + T, device=x.device).clamp(max=self.running_mean.size(0) - 1)
+        mean, var = self.running_mean[at], self.running_var[at]  # (T, H)
+        if self.training:
+            y = self._train(x, valid, at, mean, var)
+        else:
+            y = (x - mean) / torch.sqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight + self.bias
+        return y if valid is None else y * valid[..., None].to(y.dtype)
+
+    def _train(self, x: torch.Tensor, valid: torch.Tensor | None, at: torch.Tensor, run_mean: torch.Tensor,
+               run_var: torch.Tensor) -> torch.Tensor:
+        B, T, H = x.shape
+        g = self.group or B
+        if B % g:
+            raise ValueError(f"CausalBatchNorm: a batch of {B} sequences does not split into groups of {g}")
+        xs = x.reshape(B // g, g, T, H)
+        m = (torch.ones(B, T, device=x.device, dtype=x.dtype) if valid is None else valid.to(x.dtype))
+        m = m.reshape(B // g, g, T, 1)
+        n = m.sum(1)  # (G, T, 1): real tokens per group and position
+        mean = (xs * m).sum(1) / n.clamp(min=1)
+        var = (((xs - mean[:, None]) ** 2) * m).sum(1) / n.clamp(min=1)  # biased, as BatchNorm normalizes
+        has = n >= 2
+        mean = torch.where(has, mean, run_mean)
+        var = torch.where(has, var, run_var)
+        with torch.no_grad():  # running statistics: each position's mean over groups that had statistics
+            counted = has.to(x.dtype)
+            groups = counted.sum(0)  # (T, 1)
+            unbiased = var * n / (n - 1).clamp(min=1)
+            seen = groups[:, 0] > 0
+            new_mean = (mean * counted).sum(0) / groups.clamp(min=1)
+            new_var = (unbiased * counted).sum(0) / groups.clamp(min=1)
+            upd = self.momentum * seen[:, None].to(x.dtype)
+            self.running_mean[at] = (1 - upd) * self.running_mean[at] + upd * new_mean
+            self.running_var[at] = (1 - upd) * self.running_var[at] + upd * new_var
+        return ((xs - mean[:, None]) / torch.sqrt(var[:, None] + self.eps)).reshape(B, T, H)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.numel() if self.weight is not None else self.running_mean.size(1)}, "
+                f"positions={self.running_mean.size(0)}, group={self.group or 'batch'}, eps={self.eps}")
+
+
+BATCH_NORMS = (SequenceBatchNorm, CausalBatchNorm)  # the norms that take statistics across sequences
+
+
 class AdaptiveLayerNorm(nn.Module):
     """LayerNorm whose scale and shift are computed per token from the normalized token.
 
@@ -191,7 +265,7 @@ class CausalInstanceNorm(_GainAndBias):
 
 # Every module whose parameters count as "norm parameters" (never weight-decayed).
 NORM_TYPES: tuple[type[nn.Module], ...] = (
-    LayerNorm, RMSNorm, SequenceBatchNorm, AdaptiveLayerNorm, GroupNorm, CausalInstanceNorm
+    LayerNorm, RMSNorm, SequenceBatchNorm, CausalBatchNorm, AdaptiveLayerNorm, GroupNorm, CausalInstanceNorm
 )
 
 
@@ -203,6 +277,8 @@ def build_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:
         return LayerNorm(dim, eps, affine, cfg.norm_impl)
     if cfg.norm == "rmsnorm":
         return RMSNorm(dim, eps, affine)
+    if cfg.norm == "batchnorm" and cfg.batch_axes == "batch":
+        return CausalBatchNorm(dim, cfg.block_size, cfg.batch_group, eps, affine)
     if cfg.norm == "batchnorm":
         return SequenceBatchNorm(dim, eps, affine)
     if cfg.norm == "adaptive_layernorm":

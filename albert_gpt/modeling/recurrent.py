@@ -10,7 +10,9 @@ Ba et al. 2016's layer-normalized LSTM written as a loop over time:
 
 with N a LayerNorm over the 4H gate pre-activations (and over H for the cell), an RMSNorm, or a
 BatchNorm: the input term's statistics over batch and time (as practice has it: they leak later
-positions at train time), the recurrent and cell terms' over the batch at each step.
+positions at train time), the recurrent and cell terms' over the batch at each step; with
+`model.batch_axes: batch` every term's statistics are taken over the batch at each step (causal), with
+running statistics per step.
 
 Training windows are block_size tokens long and each starts from a zero state: backpropagation is
 truncated to the window, and evaluation reads the same windows as the transformer's. Generation carries
@@ -30,19 +32,21 @@ from torch import nn
 from albert_gpt.config import ModelConfig
 from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, torch_default_init
 from albert_gpt.modeling.block import ignore_trace
-from albert_gpt.modeling.norms import NORM_TYPES, SequenceBatchNorm, build_norm
+from albert_gpt.modeling.norms import BATCH_NORMS, NORM_TYPES, CausalBatchNorm, build_norm
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (B, H)
 
 
-def _normalize(norm: nn.Module, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Apply `norm` to (B, T, D) or (B, D) x; a BatchNorm takes its statistics from the real tokens
-    that `valid` ((B, T) or (B,)) marks."""
-    if not isinstance(norm, SequenceBatchNorm):
+def _normalize(norm: nn.Module, x: torch.Tensor, valid: torch.Tensor | None, step: int = 0) -> torch.Tensor:
+    """Apply `norm` to (B, T, D) or (B, D) x (the latter at time `step`); a BatchNorm takes its
+    statistics from the real tokens that `valid` ((B, T) or (B,)) marks, a causal one at each step's
+    position."""
+    if not isinstance(norm, BATCH_NORMS):
         return norm(x)
+    at = {"start": step} if isinstance(norm, CausalBatchNorm) else {}
     if x.dim() == 2:
-        return norm(x[:, None, :], None if valid is None else valid[:, None])[:, 0, :]
-    return norm(x, valid)
+        return norm(x[:, None, :], None if valid is None else valid[:, None], **at)[:, 0, :]
+    return norm(x, valid, **at)
 
 
 class NormedLSTMLayer(nn.Module):
@@ -67,12 +71,13 @@ class NormedLSTMLayer(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def forward(
-        self, x: torch.Tensor, state: State | None = None, valid: torch.Tensor | None = None
+        self, x: torch.Tensor, state: State | None = None, valid: torch.Tensor | None = None, start: int = 0
     ) -> tuple[torch.Tensor, State]:
-        """(B, T, H) -> outputs (B, T, H) and the last (h, c)."""
+        """(B, T, H) -> outputs (B, T, H) and the last (h, c); `start` is x's first position in its
+        sequence (a causal BatchNorm keeps statistics per position)."""
         B, T, H = x.shape
         # The input term of every step at once: (B, T, G).
-        gx = _normalize(self.input_norm, self.input_proj(x), valid) + self.bias
+        gx = _normalize(self.input_norm, self.input_proj(x), valid, start) + self.bias
         if state is None:
             h = c = x.new_zeros(B, H)
         else:
@@ -80,10 +85,11 @@ class NormedLSTMLayer(nn.Module):
         outputs = []
         for t in range(T):
             valid_t = None if valid is None else valid[:, t]
-            gates = gx[:, t] + _normalize(self.recurrent_norm, self.recurrent_proj(h), valid_t)  # (B, G)
+            recurrent = _normalize(self.recurrent_norm, self.recurrent_proj(h), valid_t, start + t)
+            gates = gx[:, t] + recurrent  # (B, G)
             i, f, g, o = gates.chunk(4, dim=-1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(_normalize(self.cell_norm, c, valid_t))
+            h = torch.sigmoid(o) * torch.tanh(_normalize(self.cell_norm, c, valid_t, start + t))
             outputs.append(h)
         return torch.stack(outputs, dim=1), (h, c)
 
@@ -96,7 +102,7 @@ class TorchLSTMLayer(nn.Module):
         self.lstm = nn.LSTM(cfg.n_embd, cfg.n_embd, batch_first=True)
 
     def forward(
-        self, x: torch.Tensor, state: State | None = None, valid: torch.Tensor | None = None
+        self, x: torch.Tensor, state: State | None = None, valid: torch.Tensor | None = None, start: int = 0
     ) -> tuple[torch.Tensor, State]:
         hc = None if state is None else (state[0][None], state[1][None])  # nn.LSTM wants (1, B, H)
         y, (h, c) = self.lstm(x, hc)
@@ -136,15 +142,16 @@ class LSTMLM(CausalLM):
 
     def run_layers(
         self, idx: torch.Tensor, states: list[State] | None = None, tracer: Tracer | None = None,
-        valid: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None, start: int = 0,
     ) -> tuple[torch.Tensor, list[State]]:
-        """(B, T) -> the last layer's (B, T, H) outputs and every depth's final state."""
+        """(B, T) -> the last layer's (B, T, H) outputs and every depth's final state; `start` is the
+        position of idx's first token since the state was zero."""
         x = self.dropout(self.embed_tokens(idx))
         out_states = []
         for depth, i in enumerate(self.schedule):
             trace = ignore_trace if tracer is None else functools.partial(tracer, depth)
             trace("layer_in", x)
-            y, state = self.blocks[i](x, None if states is None else states[depth], valid)
+            y, state = self.blocks[i](x, None if states is None else states[depth], valid, start)
             x = self.dropout(y) if depth < len(self.schedule) - 1 else y
             trace("layer_out", x)
             out_states.append(state)
@@ -162,5 +169,6 @@ class LSTMLM(CausalLM):
     def next_logits(self, idx: torch.Tensor, states: list[State] | None) -> tuple[torch.Tensor, list[State]]:
         """The prompt (its last block_size tokens) once, then one token at a time from the carried state."""
         new = idx[:, -self.cfg.block_size :] if states is None else idx[:, -1:]
-        x, states = self.run_layers(new, states)
+        start = 0 if states is None else min(idx.size(1), self.cfg.block_size + 1) - 1
+        x, states = self.run_layers(new, states, start=start)
         return self.head(x[:, -1:, :])[:, -1, :], states

@@ -7,7 +7,7 @@ from torch import nn
 from albert_gpt.config import ModelConfig
 from albert_gpt.modeling.block import Block, make_norm
 from albert_gpt.modeling.layers import CausalSelfAttention, FeedForward
-from albert_gpt.modeling.norms import SequenceBatchNorm
+from albert_gpt.modeling.norms import CausalBatchNorm, SequenceBatchNorm
 
 
 def build_stack(cfg: ModelConfig) -> tuple[nn.ModuleList, list[int]]:
@@ -73,5 +73,8 @@ def _per_depth_norm_stack(cfg: ModelConfig, groups: list[int]) -> nn.ModuleList:
 
 def _share_affine(norm: nn.Module, owner: nn.Module) -> None:
     """Make `norm` use `owner`'s gamma and beta, keeping its own running statistics."""
+    if isinstance(norm, CausalBatchNorm) and isinstance(owner, CausalBatchNorm):
+        norm.weight, norm.bias = owner.weight, owner.bias
+        return
     assert isinstance(norm, SequenceBatchNorm) and isinstance(owner, SequenceBatchNorm)
     norm.bn.weight, norm.bn.bias = owner.bn.weight, owner.bn.bias
