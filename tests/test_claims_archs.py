@@ -147,31 +147,47 @@ def test_conv_norms_rule(inst, gn, verdict):
     assert conv_norms.analyze(_conv_norms(inst, gn)).verdict == verdict
 
 
-def _padded(lstm_gap: float, conv_gap: float) -> list[dict]:
+def _padded(naive_gap: float, small_gap: float, ln_loss: float = 2.0) -> list[dict]:
+    """Planted losses: LN at `ln_loss`, the masked causal BN at 2.0, the naive one `naive_gap` above LN,
+    ghost batches of 2 `small_gap` above the masked BN; seed noise differs between arms."""
     out = []
-    for arch, gap in (("LSTM", lstm_gap), ("conv", conv_gap)):
-        for arm in padded_batchnorm.ARMS:
-            for s, j in zip(SEEDS, JITTER):
-                loss = 2.0 + j + (gap if arm.startswith("BN") else 0.0)
+    wobble = (0.0, 0.01, -0.012, 0.006, -0.004, 0.008)
+    for arch in padded_batchnorm.ARCHS:
+        for k, arm in enumerate(padded_batchnorm.ARMS):
+            planted = {
+                "LN": ln_loss,
+                padded_batchnorm.NAIVE: ln_loss + naive_gap,
+                padded_batchnorm.SMALL: 2.0 + small_gap,
+            }.get(arm, 2.0)
+            for s, w in zip(padded_batchnorm.SEEDS["cpu"], wobble[k:] + wobble[:k]):
                 out.append(
                     {
                         "arch": arch,
                         "arm": arm,
                         "seed": s,
-                        "val_loss": loss,
-                        "val_loss_train_mode": loss,
+                        "val_loss": planted + w,
+                        "val_loss_train_mode": planted + w,
                         "future_leak": 0.0,
                         "diverged": False,
+                        "unigram_loss": 3.25,
                     }
                 )
     return out
 
 
 @pytest.mark.parametrize(
-    ("lstm", "conv", "verdict"), [(0.2, 0.1, "supported"), (-0.2, -0.1, "contradicted"), (0.2, -0.1, "mixed")]
+    ("naive", "small", "ln", "verdict"),
+    [
+        (0.2, 0.3, 2.0, "supported"),
+        (-0.2, -0.3, 2.0, "contradicted"),
+        (0.2, 0.0, 2.0, "undecided"),  # ghost batches of 2 cost nothing
+        (0.2, 0.3, 3.1, "not testable here"),  # LN never left the plateau
+    ],
 )
-def test_padded_batchnorm_rule(lstm, conv, verdict):
-    assert padded_batchnorm.analyze(_padded(lstm, conv)).verdict == verdict
+def test_padded_batchnorm_rule(naive, small, ln, verdict):
+    results = _padded(naive, small, ln)
+    assert padded_batchnorm.CLAIM.verdict_of(results)[0] == verdict
+    assert "| LSTM | causal BN, padding masked, groups of 2 |" in padded_batchnorm.analyze(results).table
 
 
 def test_future_leak_is_zero_for_a_causal_model_and_positive_for_batchnorm():
@@ -180,6 +196,8 @@ def test_future_leak_is_zero_for_a_causal_model_and_positive_for_batchnorm():
     x = torch.randint(0, 11, (4, 8))
     assert padded_batchnorm.future_leak(ConvLM(ModelConfig(**cfg, norm="layernorm")), x) == 0.0
     assert padded_batchnorm.future_leak(ConvLM(ModelConfig(**cfg, norm="batchnorm")), x) > 1e-4
+    causal = ConvLM(ModelConfig(**cfg, norm="batchnorm", batch_axes="batch"))
+    assert padded_batchnorm.future_leak(causal, x) == 0.0
 
 
 def test_adaptive_table_shows_the_gain_per_added_parameter():
