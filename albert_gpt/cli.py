@@ -270,7 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=3, help="training batches averaged per init")
     p.add_argument("--out", default="sweeps/e1_grad_at_init", help="folder for e1.json, e1.md, the figure")
     p.set_defaults(func=cmd_grad_at_init)
-    p = experiments.add_parser("claim", help="one row of the claims ledger (docs/claims.md), or all of them")
+    from albert_gpt.study.claims.registry import help_listing
+
+    p = experiments.add_parser(
+        "claim", help="one row of the claims ledger (docs/claims.md), or all of them",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="claims (letter, name, title):\n" + help_listing(),
+    )
     p.add_argument("claim", help="a claim's letter or name, `all`, or `ledger` (rewrite docs/claims.md only)")
     p.add_argument("--size", default="cpu", choices=("cpu", "gpu"),
                    help="cpu: 30 minutes or less a row on 2 cores")

@@ -553,3 +553,18 @@ def test_adaptive_rule(per_depth, conditioned, shared_loss, verdict):
         for seed, noise in zip(adaptive.SEEDS["cpu"], (0.0, 0.004, -0.003, 0.002, -0.001))
     ]
     assert adaptive.CLAIM.verdict_of(results)[0] == verdict
+
+
+def test_claim_help_lists_every_claim_from_an_index_that_matches_the_claims(capsys):
+    """`study claim --help` lists every row (letter, name, title) without importing the claim modules;
+    the index it reads must be the claims themselves."""
+    from albert_gpt.cli import main
+    from albert_gpt.study.claims.registry import INDEX
+
+    assert list(INDEX) == [(c.letter, c.name, c.title) for c in all_claims()]
+    with pytest.raises(SystemExit) as exit_:
+        main(["study", "claim", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for letter, name, title in INDEX:
+        assert re.search(rf"^  {re.escape(letter)}\s+{re.escape(name)}\s+{re.escape(title)}$", out, re.M), name
