@@ -278,23 +278,44 @@ def test_gradient_rule_counts_overflow_as_a_lower_bound():
     assert math.isinf(gradients.exponents(results, "no norm, bare", "shared", 0.02)[0])  # shown as overflow
 
 
-def _generalization_results(post_gap: float, post_best: float) -> list[dict]:
+def _generalization_results(
+    post_best: float,
+    post_rise: float,
+    other_best: float = 2.1,
+    other_rise: float = 0.4,
+    dropout_final: float = 2.0,
+) -> list[dict]:
+    """Planted curves: each arm's held-out loss reaches its best at step 1000, then rises by the end;
+    the seed noise differs between arms."""
+    wobble = (0.0, 0.01, -0.012, 0.006, -0.004, 0.008)
     results = []
-    for arm in generalization.ARMS_HERE:
-        gap, best = (post_gap, post_best) if arm == "post-LN" else (0.5, 2.0)
-        for seed, noise in ((1, 0.0), (2, 0.01), (3, -0.01)):
-            final_train = best + 0.1 - gap  # the held-out loss ends 0.1 above its best
-            curve = [[0, 4.0, 4.0], [100, 2.5, best + noise], [200, final_train, final_train + gap + noise]]
-            results.append({"arm": arm, "seed": seed, "curve": curve})
+    for k, arm in enumerate(generalization.ARMS_HERE):
+        best, rise = (post_best, post_rise) if arm == "post-LN" else (other_best, other_rise)
+        for seed, w in zip(generalization.SEEDS["cpu"], wobble[k:] + wobble[:k]):
+            final = dropout_final + w if arm == generalization.DROPOUT else best + rise + w
+            best_w = min(best + w, final)
+            curve = [[0, 4.0, 4.0], [1000, 1.5, best_w], [2400, 0.8, final]]
+            results.append(
+                {"arm": arm, "seed": seed, "curve": curve, "diverged": False, "unigram_loss_test": 3.2}
+            )
     return results
 
 
 @pytest.mark.parametrize(
-    "gap, best, verdict",
-    [(0.05, 1.9, "not testable here"), (0.3, 1.8, "supported"), (0.9, 2.3, "contradicted")],
+    "best, rise, dropout_final, verdict",
+    [
+        (1.9, 0.2, 2.0, "supported"),  # lower best held-out loss and a smaller rise than no norm + final LN
+        (2.3, 0.6, 2.0, "contradicted"),
+        (1.9, 0.6, 2.0, "undecided"),  # better best loss, but overfits more
+        (1.9, 0.05, 1.9, "not testable here"),  # post-LN's held-out loss never turned upward
+        (1.9, 0.2, 2.2, "not testable here"),  # dropout did not help: the regularizer control fails
+        (3.0, 0.2, 2.0, "not testable here"),  # post-LN stayed near the unigram loss
+    ],
 )
-def test_generalization_rule(gap, best, verdict):
-    assert generalization.analyze(_generalization_results(gap, best)).verdict == verdict
+def test_generalization_rule(best, rise, dropout_final, verdict):
+    results = _generalization_results(best, rise, dropout_final=dropout_final)
+    assert generalization.CLAIM.verdict_of(results)[0] == verdict
+    assert "| post-LN + dropout 0.2 |" in generalization.analyze(results).table
 
 
 @pytest.mark.parametrize(
@@ -567,4 +588,6 @@ def test_claim_help_lists_every_claim_from_an_index_that_matches_the_claims(caps
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     for letter, name, title in INDEX:
-        assert re.search(rf"^  {re.escape(letter)}\s+{re.escape(name)}\s+{re.escape(title)}$", out, re.M), name
+        assert re.search(rf"^  {re.escape(letter)}\s+{re.escape(name)}\s+{re.escape(title)}$", out, re.M), (
+            name
+        )
