@@ -114,8 +114,8 @@ RULE = Rule(
     min_seeds=len(SEEDS["cpu"]),
     note=(
         "The regime was sized on a pilot run of post-LN (seed 99, not measured here): with a cosine decay "
-        "the held-out loss flattened, at a constant learning rate it rose. The trained gate takes post-LN's best "
-        "held-out loss against the unigram loss of the held-out "
+        "the held-out loss flattened, at a constant learning rate it rose. The trained gate takes post-LN's "
+        "best held-out loss against the unigram loss of the held-out "
         f"(test) split. Held-out and train losses on fixed windows every {EVERY} steps. A confounder "
         "remains: an arm that fits the training text more slowly also starts to overfit later, so a smaller "
         "rise can come from slower fitting as well as from regularization; the final train loss is reported "
