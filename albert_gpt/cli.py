@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="albert-gpt", description="Train and study post-LN, parameter-shared GPT models."
     )
+    from albert_gpt import __version__
+
+    parser.add_argument("--version", action="version", version=f"albert-gpt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     # The global flags again on every subcommand, so `albert-gpt train CONFIG -v` works too; SUPPRESS
     # keeps a subcommand from resetting a flag given before it.

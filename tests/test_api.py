@@ -40,6 +40,8 @@ def test_the_readme_api_example_runs_as_written(tmp_path):
     loss, perplexity = (float(v) for v in done.stdout.splitlines()[0].split())
     assert perplexity == pytest.approx(2.718281828**loss, rel=1e-4)  # the same checkpoint, the same split
     assert "done: 20 steps" in done.stderr  # enable_logging() showed the library's log lines
+    lines = [line for line in done.stderr.splitlines() if line.startswith(("model:", "step ", "done:"))]
+    assert lines and len(lines) == len(set(lines)), lines  # each once: the progress bar's redirect adds none
     rows = list(csv.DictReader((tmp_path / "runs" / "api_demo" / "metrics.csv").open()))
     assert {"train/loss", "val/loss"} <= {r["tag"] for r in rows}
 

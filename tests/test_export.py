@@ -88,6 +88,9 @@ def test_exported_tokenizer_and_cached_generation(tmp_path, tokenizer):
     )
     ours_greedy = ours.generate(prompt, new, top_k=1)
     assert greedy.tolist() == ours_greedy.tolist()
+    # a caller's max_new_tokens is the only length: no max_length beside it (transformers warns of both)
+    assert "max_length" not in json.loads((out / "generation_config.json").read_text())
+    assert hf_tok.model_max_length == cfg.model.block_size
 
 
 def test_export_refuses_what_it_cannot_write(tmp_path, capsys):

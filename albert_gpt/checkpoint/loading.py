@@ -22,7 +22,7 @@ from albert_gpt.checkpoint.store import (
 from albert_gpt.checkpoint.weights import load_strict, load_weights
 from albert_gpt.config import Config, load_config
 from albert_gpt.data.tokenizer import TextTokenizer
-from albert_gpt.errors import CheckpointError
+from albert_gpt.errors import CheckpointError, ConfigError
 from albert_gpt.modeling.base import CausalLM
 from albert_gpt.modeling.factory import build_model
 
@@ -45,6 +45,32 @@ def check_compatible(saved_cfg: Config, cfg: Config, source: Path | None = None)
                 f"checkpoint does not match the config: model.{f.name} is {old} in the checkpoint, "
                 f"{new} in the config{where}"
             )
+
+
+def require_run_dir(run_dir: Path) -> Path:
+    """`run_dir` when it is a run directory (it holds config.yaml or checkpoints/); otherwise a
+    ConfigError that says what the path is instead and what to give: a missing path, a file (a config
+    to train), a folder of runs (naming them), an exported Hugging Face folder."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and ((run_dir / CONFIG_FILE).is_file() or (run_dir / "checkpoints").is_dir()):
+        return run_dir
+    if not run_dir.exists():
+        raise ConfigError(f"run directory not found: {run_dir}")
+    if not run_dir.is_dir():
+        hint = (f"; to train from it: albert-gpt train {run_dir}" if run_dir.suffix in (".yaml", ".yml")
+                else "")
+        raise ConfigError(f"{run_dir} is a file, not a run directory (a run directory is "
+                          f"run.out_dir/run.name, e.g. runs/quickstart){hint}")
+    if (run_dir / "config.json").is_file() and (run_dir / "model.safetensors").is_file():
+        raise ConfigError(f"{run_dir} is an exported Hugging Face folder, not a run directory: load it "
+                          "with transformers (AutoModelForCausalLM.from_pretrained(path, "
+                          "trust_remote_code=True)), or give the run it was exported from")
+    runs = sorted(p.name for p in run_dir.iterdir()
+                  if p.is_dir() and ((p / CONFIG_FILE).is_file() or (p / "checkpoints").is_dir()))
+    if runs:
+        shown = ", ".join(str(run_dir / name) for name in runs[:5]) + (", ..." if len(runs) > 5 else "")
+        raise ConfigError(f"{run_dir} is a folder of runs, not a run directory: give one of {shown}")
+    raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE} and no checkpoints/ in it)")
 
 
 def load_for_inference(

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from albert_gpt.checkpoint import load_run_checkpoint
+from albert_gpt.checkpoint import load_run_checkpoint, require_run_dir
 from albert_gpt.errors import ConfigError
 from albert_gpt.paths import UnsafePath, delete, entries, is_inside, marker_kind, only, write_marker
 
@@ -141,8 +141,7 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: str | None = None, over
     """Write the Hugging Face folder for a run's checkpoint (best, else latest, unless named); returns it.
     The folder appears whole or not at all (written beside it, then renamed)."""
     run_dir, out_dir = Path(run_dir), Path(os.path.abspath(out_dir))
-    if not run_dir.is_dir():
-        raise ConfigError(f"run directory not found: {run_dir}")
+    require_run_dir(run_dir)
     _check_out_dir(run_dir, out_dir, overwrite)
     loaded = load_run_checkpoint(run_dir, checkpoint, device="cpu")
     path, cfg, model, tokenizer = loaded.path, loaded.cfg, loaded.model, loaded.tokenizer
@@ -179,7 +178,8 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: str | None = None, over
                 "bos_token_id": eot,
                 "eos_token_id": eot,
                 "pad_token_id": eot,
-                "max_length": cfg.model.block_size,
+                # no max_length: beside a caller's max_new_tokens, transformers warns that both are set;
+                # the context limit is in the tokenizer's model_max_length and the model card
             },
         )
         tokenizer.save(tmp / "tokenizer.json")

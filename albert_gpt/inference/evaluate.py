@@ -194,11 +194,10 @@ def evaluate_run(
     A split is read from the token cache the run recorded (no access to the training data needed); only
     when that cache is gone is the data prepared again. A text file needs no data at all.
     """
-    from albert_gpt.checkpoint import load_run_checkpoint
+    from albert_gpt.checkpoint import load_run_checkpoint, require_run_dir
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"run directory not found: {run_dir}")
+    require_run_dir(run_dir)
     if split not in ("train", "val", "test"):
         raise ConfigError(f"unknown split {split!r} (choose one of: train, val, test)")
     loaded = load_run_checkpoint(run_dir, checkpoint, device="cpu")

@@ -130,14 +130,13 @@ def generate_from_run(
 ) -> str:
     """Load a run's checkpoint and print the prompt followed by its continuation to stdout. `device` and
     `dtype` default to what this machine has (`auto`), not to what the run was trained on."""
-    from albert_gpt.checkpoint import load_for_inference
+    from albert_gpt.checkpoint import load_for_inference, require_run_dir
     from albert_gpt.errors import ConfigError
     from albert_gpt.inference.evaluate import inference_device
     from albert_gpt.runtime import autocast
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"run directory not found: {run_dir}")
+    require_run_dir(run_dir)
     if max_new_tokens < 0:
         raise ConfigError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
     try:

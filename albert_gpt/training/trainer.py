@@ -23,7 +23,7 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from albert_gpt import checkpoint as ckpt
-from albert_gpt.config import Config, config_to_dict, dump_config, load_config, save_config
+from albert_gpt.config import Config, ModelConfig, config_to_dict, dump_config, load_config, save_config
 from albert_gpt.data.pipeline import DATA_RECORD, write_data_record
 from albert_gpt.data.prefetch import FetchFn, batch_source
 from albert_gpt.errors import CheckpointError, ConfigError, TrainingError
@@ -93,6 +93,41 @@ class State:
     last_train_loss: float | None = None
 
 
+def console_loggers() -> list[logging.Logger]:
+    """The loggers whose console handlers print albert_gpt's messages: the library's own (the Python API's
+    enable_logging) and the root (the command line's basicConfig). Only these are redirected around the
+    progress bar; redirecting the root when it had no handler would print every message a second time."""
+    def prints(logger: logging.Logger) -> bool:
+        return any(type(h) is logging.StreamHandler for h in logger.handlers)
+
+    return [lg for lg in (logging.getLogger("albert_gpt"), logging.root) if prints(lg)]
+
+
+def describe_stack(m: ModelConfig) -> str:
+    """The banner's words for the layer stack, e.g. "6 layer applications of 1 shared block, post-LN"."""
+    arch = {"transformer": "block", "conv": "conv block", "lstm": "LSTM layer"}[m.arch]
+    if m.n_groups == m.n_layers:
+        stack = f"{m.n_layers} {arch}s, unshared"
+    elif m.n_groups == 1:
+        stack = f"{m.n_layers} layer applications of 1 shared {arch}"
+    else:
+        stack = f"{m.n_layers} layer applications of {m.n_groups} shared {arch}s"
+    if m.arch == "transformer" and m.sharing != "all" and m.n_groups < m.n_layers:
+        stack += f" (sharing {m.sharing} only)"
+    if m.arch == "lstm":
+        return f"{stack}, {m.norm} in the cell" if m.norm != "none" else f"{stack}, no norm"
+    norm = {"layernorm": "LN", "rmsnorm": "RMSNorm", "batchnorm": "BatchNorm"}.get(m.norm, m.norm)
+    return f"{stack}, {m.norm_placement}-{norm}" if m.norm_placement != "none" else f"{stack}, no norm"
+
+
+def against_unigram(perplexity: float, unigram: float) -> str:
+    """How a validation perplexity compares with the unigram reference, in words that stay true when the
+    model is still worse than it (early in training)."""
+    if perplexity <= unigram:
+        return f"{unigram / perplexity:.1f}x below the unigram's {unigram:.1f}"
+    return f"{perplexity / unigram:.1f}x above the unigram's {unigram:.1f}"
+
+
 def train(cfg: Config, resume: bool = False, callbacks: Sequence[TrainingCallback] = ()) -> dict[str, Any]:
     """Train as `cfg` says; with `resume`, continue the run in cfg.run_dir from its latest checkpoint.
     `callbacks` (training.callbacks.TrainingCallback) are told about the run as it goes, on rank 0.
@@ -148,7 +183,7 @@ def _train_run(run: Run, resume: bool, callbacks: Sequence[TrainingCallback],
     logger.text("config", _as_code(dump_config(cfg)), state.step)
     progress = Progress(run.total, state.step, cfg.log.progress and main)
     try:
-        with StopRequest() as stop, logging_redirect_tqdm(), batch_source(
+        with StopRequest() as stop, logging_redirect_tqdm(loggers=console_loggers()), batch_source(
                 run.sampler, cfg.train.grad_accum_steps, state.step, run.total, run.device) as fetch:
             _loop(run, state, guard, meter, logger, progress, stop, fetch)
             progress.close()
@@ -219,9 +254,8 @@ def _build_run(cfg: Config, info: DistInfo, device: torch.device, dtype: torch.d
     distributed.seed_rank(cfg.run.seed, info)
     counts = count_parameters(model)
     m = cfg.model
-    log.info("model: %s unique parameters, %s applied (%d layers, %d group%s, sharing %s, %s-LN)",
-             f"{counts['params_unique']:,}", f"{counts['params_applied']:,}", m.n_layers, m.n_groups,
-             "" if m.n_groups == 1 else "s", m.sharing, m.norm_placement)
+    log.info("model: %s unique parameters, %s applied (%s)", f"{counts['params_unique']:,}",
+             f"{counts['params_applied']:,}", describe_stack(m))
     log.info("device %s, dtype %s%s; run directory %s", device, str(dtype).removeprefix("torch."),
              ", torch.compile" if cfg.run.compile else "", run_dir)
     t = cfg.train
@@ -374,9 +408,8 @@ def _evaluate(run: Run, state: State, logger: MetricsLogger) -> None:
         "val/loss": result["loss"], "val/perplexity": result["perplexity"], "val/bits_per_byte": bpb,
         "val/unigram_perplexity": run.unigram_ppl,
     }, state.step)
-    log.info("step %d: val loss %.4f, perplexity %.2f (unigram %.1f, %.1fx lower), %.3f bits/byte",
-             state.step, result["loss"], result["perplexity"], run.unigram_ppl,
-             run.unigram_ppl / result["perplexity"], bpb)
+    log.info("step %d: val loss %.4f, perplexity %.2f (%s), %.3f bits/byte", state.step, result["loss"],
+             result["perplexity"], against_unigram(result["perplexity"], run.unigram_ppl), bpb)
     # FSDP: generating gathers parameters from every rank, so every rank generates (the same text).
     if cfg.eval.sample_tokens > 0 and (run.dist.is_main or run.dist.parallel == "fsdp"):
         text = generate_text(run.model, run.data.tokenizer, cfg.eval.sample_prompt, cfg.eval.sample_tokens,
