@@ -92,3 +92,20 @@ def test_the_cli_version_runs_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_training_logged_to_a_file_has_lines_not_redrawn_bars(tmp_path):
+    """log.progress on, stderr a pipe (a log file, CI): periodic log lines, no carriage returns or cursor
+    moves from redrawn bars."""
+    from train_utils import write_config
+
+    config = write_config(tmp_path, log={"interval": 5, "progress": True})
+    done = subprocess.run(
+        [sys.executable, "-m", "albert_gpt", "train", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "\r" not in done.stderr and "\x1b[" not in done.stderr
+    assert "step 20/20  loss" in done.stderr and "step 10: val loss" in done.stderr

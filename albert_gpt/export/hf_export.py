@@ -253,7 +253,7 @@ context {m.block_size} tokens, vocabulary {m.vocab_size}. Exported from {checkpo
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained(PATH, trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained(PATH)
+tokenizer = AutoTokenizer.from_pretrained(PATH, trust_remote_code=True)
 ids = tokenizer("Some text", return_tensors="pt").input_ids
 out = model.generate(ids, max_new_tokens=40, do_sample=True, top_k=50)
 print(tokenizer.decode(out[0]))

@@ -4,6 +4,7 @@ line per log interval; and the per-interval averages both are made from."""
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 import torch
@@ -54,13 +55,23 @@ class IntervalMeter:
         self.steps = int(state["steps"])
 
 
+def interactive() -> bool:
+    """Whether stderr is a terminal: bars redraw themselves with carriage returns and cursor moves, which
+    a log file or a pipe keeps as clutter, so there the training speaks in log lines instead."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
 class Progress:
-    """A tqdm bar (interactive) or periodic log lines (log.progress: false)."""
+    """A tqdm bar (log.progress on a terminal) or periodic log lines (log.progress: false, or stderr
+    redirected to a file or a pipe)."""
 
     def __init__(self, total: int, start: int, enabled: bool):
         self.total = total
         self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True) \
-            if enabled else None
+            if enabled and interactive() else None
 
     def advance(self) -> None:
         if self.bar is not None:

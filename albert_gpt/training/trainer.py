@@ -39,7 +39,7 @@ from albert_gpt.training.diagnostics import DepthDiagnostics
 from albert_gpt.training.distributed import DistInfo
 from albert_gpt.training.metrics import MetricsLogger
 from albert_gpt.training.optim import build_optimizer, lr_at, set_lr, total_steps
-from albert_gpt.training.progress import IntervalMeter, Progress
+from albert_gpt.training.progress import IntervalMeter, Progress, interactive
 from albert_gpt.training.rundir import RunLock, check_run_dir, prepare_run_dir, resume_command, write_run_file
 from albert_gpt.training.signals import StopRequest
 from albert_gpt.training.step import NonFiniteGuard, train_step
@@ -395,7 +395,8 @@ def _evaluate(run: Run, state: State, logger: MetricsLogger) -> None:
     result = evaluate_tokens(
         run.eval_model, val.tokens, cfg.model.block_size, cfg.eval.batch_size or cfg.train.batch_size,
         run.device, run.dtype, max_batches=cfg.eval.batches or None,
-        progress=cfg.log.progress and run.dist.is_main, rank=run.dist.rank, world_size=run.dist.world_size,
+        progress=cfg.log.progress and run.dist.is_main and interactive(), rank=run.dist.rank,
+        world_size=run.dist.world_size,
     )
     result = distributed.reduce_evaluation(result)  # each rank scored a disjoint share of the batches
     # Bits per byte from the split's bytes per predicted token, so a subset of batches gives
