@@ -109,3 +109,44 @@ def test_training_logged_to_a_file_has_lines_not_redrawn_bars(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "\r" not in done.stderr and "\x1b[" not in done.stderr
     assert "step 20/20  loss" in done.stderr and "step 10: val loss" in done.stderr
+
+
+def test_hub_reachability_is_a_real_connection(tmp_path):
+    import socket
+
+    from albert_gpt.data.sources import hub_reachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert hub_reachable(f"http://127.0.0.1:{port}", timeout=2)
+    assert not hub_reachable(f"http://127.0.0.1:{port}", timeout=2)  # closed now: refused
+    assert not hub_reachable("not a url")
+
+
+def test_an_unreachable_hub_switches_datasets_offline_for_the_call_only(monkeypatch):
+    import datasets.config
+    from huggingface_hub import constants
+
+    from albert_gpt.data import sources
+
+    before = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    monkeypatch.setattr(sources, "hub_reachable", lambda *a, **k: False)
+    with sources.offline_when_unreachable() as switched:
+        assert switched and datasets.config.HF_HUB_OFFLINE and constants.HF_HUB_OFFLINE
+    assert (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE) == before
+    monkeypatch.setattr(sources, "hub_reachable", lambda *a, **k: True)
+    with sources.offline_when_unreachable() as switched:
+        assert not switched and (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE) == before
+
+
+def test_a_hub_dataset_that_cannot_be_had_offline_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    from train_utils import write_config
+
+    from albert_gpt.data import sources
+
+    monkeypatch.setattr(sources, "hub_reachable", lambda *a, **k: False)
+    config = write_config(tmp_path, data={"source": "hub", "path": "someone/no-such-dataset"})
+    err = _error(capsys, "prepare", str(config))
+    assert "the hub cannot be reached from here" in err and "data.path" in err

@@ -7,6 +7,7 @@ Empty documents are dropped everywhere, so no two end-of-text tokens are ever ad
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
@@ -183,11 +184,51 @@ def _saved_split(saved: Any, ident: str, key: str, split: str) -> Any:
     return saved[split]
 
 
+def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT, else huggingface.co) accepts a connection within
+    `timeout` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(endpoint or constants.ENDPOINT)
+    if not url.hostname:
+        return False
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def offline_when_unreachable() -> Iterator[bool]:
+    """Offline mode for `datasets` and `huggingface_hub` while the hub cannot be reached: a cached dataset
+    then loads at once and a missing one fails at once, instead of after datasets' retries (~25 s).
+    Yields whether it switched offline mode on."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE or hub_reachable():
+        yield False
+        return
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield True
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
+
+
 def _load_hub_split(ident: str, data: DataConfig, key: str, split: str) -> Any:
     import datasets
 
+    offline = False
     try:
-        return datasets.load_dataset(ident, data.config, split=split, streaming=data.streaming)
+        with offline_when_unreachable() as offline:
+            return datasets.load_dataset(ident, data.config, split=split, streaming=data.streaming)
     except ValueError as exc:
         if "split" not in str(exc).lower():
             raise DataError(f"hub dataset {ident!r}: {_first_line(exc)}") from None
@@ -197,6 +238,12 @@ def _load_hub_split(ident: str, data: DataConfig, key: str, split: str) -> Any:
         ) from None
     except Exception as exc:  # offline, unknown name, gated: datasets raises a different type for each
         where = f"{ident!r}" + (f" (config {data.config!r})" if data.config else "")
+        if offline:
+            raise DataError(
+                f"could not load hub dataset {where}: the hub cannot be reached from here and the dataset "
+                "is not in the local datasets cache; set data.path to a local copy (a save_to_disk directory "
+                "or data files), or load it once with network access"
+            ) from None
         raise DataError(
             f"could not load hub dataset {where}: {_first_line(exc)}; loading from the hub needs network "
             "access, offline set data.path to a local copy (a save_to_disk directory or data files)"
