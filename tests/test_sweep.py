@@ -233,3 +233,31 @@ def test_a_signal_stops_the_sweep_and_a_rerun_resumes_the_interrupted_cell(tmp_p
         assert steps == sorted(set(steps)) and steps[-1] == 20  # resumed, not restarted: each step once
     summary = json.loads((tmp_path / "sweeps" / "sig" / "summary.json").read_text())
     assert [c["status"] in ("trained", "plateau") for c in summary["cells"]] == [True, True]
+
+
+def test_a_sweeps_varied_keys_come_first_in_tensorboards_hparams_table(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    path = write_sweep(
+        tmp_path,
+        {
+            "name": "hp",
+            "grid": {"train.lr": [0.003], "model.norm_placement": ["pre"]},
+            "set": {
+                "train.max_steps": 2,
+                "train.checkpoint_interval": 0,
+                "eval.interval": 2,
+                "eval.sample_tokens": 0,
+                "log.interval": 1,
+            },
+        },
+    )
+    sweep_dir = run_sweep(path, progress=False)
+    (run,) = (sweep_dir / "runs").iterdir()
+    ea = EventAccumulator(str(run / "tb"))
+    ea.Reload()
+    content = ea.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    names = [h.name for h in experiment.hparam_infos]
+    assert set(names[:2]) == {"train.lr", "model.norm_placement"} and names[2].startswith("model.")

@@ -76,8 +76,14 @@ def test_text_and_hparams_entries(tmp_path):
     assert [m.name.tag for m in experiment.metric_infos] == ["val/loss"]
 
 
-TRAIN_TAGS = ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec", "train/skipped_steps",
-              "sys/peak_memory_mb")
+TRAIN_TAGS = (
+    "train/loss",
+    "train/lr",
+    "train/grad_norm",
+    "train/tokens_per_sec",
+    "train/skipped_steps",
+    "sys/peak_memory_mb",
+)
 VAL_TAGS = ("val/loss", "val/perplexity", "val/bits_per_byte", "val/unigram_perplexity", "val/seconds")
 
 
@@ -110,3 +116,73 @@ def test_training_run_writes_every_tag_at_its_interval(tmp_path):
     assert start.session_start_info.hparams["model.n_embd"].number_value == 32
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert [m.name.tag for m in experiment.metric_infos] == list(VAL_TAGS[:3])
+
+
+def _layout(event_dir):
+    """The custom-scalars layout as TensorBoard's own reader and proto see it."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    ea = EventAccumulator(str(event_dir), size_guidance={"tensors": 0})
+    ea.Reload()
+    (event,) = ea.Tensors("custom_scalars__config__")
+    return layout_pb2.Layout.FromString(event.tensor_proto.string_val[0])
+
+
+def test_every_run_carries_the_layout_and_its_charts_draw_the_tags_a_run_writes(tmp_path):
+    """Read back from a real run with per-depth diagnostics and per-depth norm gains: the story charts
+    come first, every per-depth chart draws one line per layer application, and every diag tag the run
+    wrote is drawn by some chart (nothing is left out of the layout)."""
+    import re
+
+    from train_utils import tiny_config
+
+    from albert_gpt.training.trainer import train
+
+    cfg = tiny_config(
+        tmp_path,
+        model={"n_layers": 3, "n_groups": 1, "norm_per_depth_affine": True},
+        log={"interval": 5, "progress": False, "diagnostics_interval": 5},
+    )
+    train(cfg)
+    run_dir = tmp_path / "runs" / "tiny"
+    layout = _layout(run_dir / "tb")
+    titles = [c.title for c in layout.category]
+    assert titles[0] == "1. training"
+    first = layout.category[0].chart[0]
+    assert first.title.startswith("val perplexity") and list(first.multiline.tag) == [
+        r"^val/perplexity$",
+        r"^val/unigram_perplexity$",
+    ]
+    charts = [
+        (f"{c.title}: {chart.title}", list(chart.multiline.tag)) for c in layout.category for chart in c.chart
+    ]
+    tags = set(_events(run_dir).Tags()["scalars"])
+    for title, patterns in charts:
+        drawn = {t for t in tags if any(re.search(p, t) for p in patterns)}
+        assert drawn, title  # every chart has something to draw in this run
+        if title.startswith("2. per depth"):
+            assert {re.search(r"depth_(\d+)", t).group(1) for t in drawn} == {"00", "01", "02"}, title
+    for tag in tags:
+        if tag.startswith("diag/"):
+            assert any(re.search(p, tag) for _, patterns in charts for p in patterns), tag
+
+
+def test_hparams_put_varied_keys_then_model_and_train_first_and_keep_booleans(tmp_path):
+    with MetricsLogger(tmp_path) as log:
+        log.hparams(
+            {"data.path": "x", "train.lr": 1e-3, "model.bias": True, "run.seed": 3, "model.n_layers": 6},
+            ["val/loss"],
+            first=["run.seed"],
+        )
+    content = _events(tmp_path).PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert [h.name for h in experiment.hparam_infos] == [
+        "run.seed",
+        "model.bias",
+        "model.n_layers",
+        "train.lr",
+        "data.path",
+    ]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["model.bias"].WhichOneof("kind") == "bool_value"
+    assert start.session_start_info.hparams["model.bias"].bool_value is True

@@ -301,7 +301,8 @@ def run_cell(sweep: Sweep, cell: Cell, cfg: Config) -> dict[str, Any]:
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, overwrite=True))
     started = time.perf_counter()
     try:
-        out = train(cfg, resume=resume)
+        varied = [o.split("=", 1)[0] for o in cell.overrides]  # first in TensorBoard's hparams table
+        out = train(cfg, resume=resume, hparams_first=varied)
         if out.get("interrupted"):  # a partial run is never classified as trained or anything else
             result = {"status": "interrupted", "step": out["step"], "signal": out["signal"], "error": None}
         else:

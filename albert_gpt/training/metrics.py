@@ -23,6 +23,35 @@ METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
 
 
+# The custom-scalars layout written into every run (TensorBoard's "Custom Scalars" tab): the story first
+# (perplexity against the unigram reference, both losses, the learning rate), then every per-depth
+# statistic as one chart whose lines are the layer applications, so depths compare side by side.
+# Each entry: chart title -> regular expressions of the tags it draws.
+_PER_DEPTH = r"diag/depth_\d+/"
+LAYOUT: dict[str, dict[str, list[str]]] = {
+    "1. training": {
+        "val perplexity, with the unigram reference": [r"^val/perplexity$", r"^val/unigram_perplexity$"],
+        "loss: train and val": [r"^train/loss$", r"^val/loss$"],
+        "learning rate": [r"^train/lr$"],
+        "gradient norm (before clipping)": [r"^train/grad_norm$"],
+    },
+    "2. per depth: one line per layer application": {
+        "update ratio |f(x)| / |x| (attention, FFN)": [_PER_DEPTH + r"(attn|ffn)_update_ratio$"],
+        "RMS a norm divides by (attention, FFN)": [_PER_DEPTH + r"(attn|ffn)_norm_in_rms$"],
+        "residual stream RMS after the layer": [_PER_DEPTH + r"layer_out_rms$"],
+        "gradient norm at the layer's output": [_PER_DEPTH + r"grad_norm_out$"],
+        "how far a layer moves each token: L2 and angle (degrees)": [_PER_DEPTH + r"io_(l2|angle_deg)$"],
+        # mean ~ beta and std ~ |gamma| by construction: one folded chart, not a card per depth
+        "norm output mean and std (set by beta and gamma)": [_PER_DEPTH + r"(attn|ffn)_norm_out_(mean|std)$"],
+    },
+    "3. parameters: one line per distinct block": {
+        "norm gains and biases (per application with per-depth affine)": [
+            r"^diag/params/block_\d+/.*_norm_(gamma|beta)_norm$", r"^diag/params/final_norm/.*_norm$"],
+        "gradient norm per part": [r"^diag/params/.*grad_norm$"],
+    },
+}
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """All records of a metrics.jsonl; a half-written last line (crash mid-write) is ignored."""
     if not path.is_file():
@@ -105,6 +134,10 @@ class MetricsLogger:
                 purge = resume_step + 1
                 _wait_for_a_later_second(tb_dir)
             self.writer = SummaryWriter(log_dir=str(tb_dir), purge_step=purge)
+            self.writer.add_custom_scalars(
+                {category: {chart: ["Multiline", tags] for chart, tags in charts.items()}
+                 for category, charts in LAYOUT.items()}
+            )
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.scalars({tag: value}, step)
@@ -137,22 +170,28 @@ class MetricsLogger:
         if self.writer is not None:
             self.writer.add_text(tag, text, step)
 
-    def hparams(self, hparams: dict[str, Any], metric_tags: list[str]) -> None:
+    def hparams(self, hparams: dict[str, Any], metric_tags: list[str], first: Sequence[str] = ()) -> None:
         """One hparams-plugin entry in this run's own event files, so runs compare side by side.
 
         The plugin shows, per metric tag, the last value of that scalar in the run; naming the
         val/* tags already logged avoids writing the final values a second time (which
-        SummaryWriter.add_hparams would do, into a separate timestamped run).
+        SummaryWriter.add_hparams would do, into a separate timestamped run). Columns come in
+        the order: the keys in `first` (a sweep's varied keys), then model.*, train.*, the rest;
+        booleans stay booleans (torch's own helper files them as numbers, shown as 0.0000).
         """
         if self.writer is None:
             return
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
+        from tensorboard.plugins.hparams import summary_v2 as hp
 
-        # The plugin accepts numbers, strings and bools; None has no domain, so it becomes text.
+        # The plugin takes numbers, strings and bools; None has no domain, so it becomes text.
         clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
-        experiment, session_start, session_end = hparams_summary(clean, dict.fromkeys(metric_tags, 0.0))
-        for summary in (experiment, session_start, session_end):
-            self.writer.file_writer.add_summary(summary)
+        order = {"model": 1, "train": 2}
+        keys = sorted(clean, key=lambda k: (k not in first, order.get(k.split(".")[0], 3)))
+        infos = [hp.HParam(k, hp.Discrete([False, True]) if isinstance(clean[k], bool) else None)
+                 for k in keys]
+        experiment = hp.hparams_config_pb(hparams=infos, metrics=[hp.Metric(tag) for tag in metric_tags])
+        self.writer.file_writer.add_summary(experiment)
+        self.writer.file_writer.add_summary(hp.hparams_pb({k: clean[k] for k in keys}))
 
     def flush(self) -> None:
         try:

@@ -79,6 +79,7 @@ class Run:
     dist: DistInfo = field(default_factory=DistInfo)  # rank and strategy under torchrun
     lock: RunLock | None = None  # rank 0's lock on the run directory, released when training ends
     eval_seconds: float = 0.0  # wall time spent evaluating and sampling in this process
+    hparams_first: tuple[str, ...] = ()  # config keys TensorBoard's hparams table shows first
 
 
 @dataclass
@@ -128,9 +129,11 @@ def against_unigram(perplexity: float, unigram: float) -> str:
     return f"{perplexity / unigram:.1f}x above the unigram's {unigram:.1f}"
 
 
-def train(cfg: Config, resume: bool = False, callbacks: Sequence[TrainingCallback] = ()) -> dict[str, Any]:
+def train(cfg: Config, resume: bool = False, callbacks: Sequence[TrainingCallback] = (),
+          hparams_first: Sequence[str] = ()) -> dict[str, Any]:
     """Train as `cfg` says; with `resume`, continue the run in cfg.run_dir from its latest checkpoint.
     `callbacks` (training.callbacks.TrainingCallback) are told about the run as it goes, on rank 0.
+    `hparams_first`: config keys shown first in TensorBoard's hparams table (a sweep's varied keys).
 
     Returns the final metrics. A SIGINT / SIGTERM stops after the current step with a
     checkpoint; the result then has `interrupted` set to the signal's name. Under torchrun every
@@ -138,7 +141,7 @@ def train(cfg: Config, resume: bool = False, callbacks: Sequence[TrainingCallbac
     """
     info = distributed.init_distributed(cfg.run)
     try:
-        result = _train(cfg, resume, info, callbacks)
+        result = _train(cfg, resume, info, callbacks, hparams_first)
         distributed.barrier()  # no rank closes its connections while another may still be using them
         return result
     finally:
@@ -146,10 +149,12 @@ def train(cfg: Config, resume: bool = False, callbacks: Sequence[TrainingCallbac
 
 
 def _train(
-    cfg: Config, resume: bool, info: DistInfo, callbacks: Sequence[TrainingCallback] = ()
+    cfg: Config, resume: bool, info: DistInfo, callbacks: Sequence[TrainingCallback] = (),
+    hparams_first: Sequence[str] = (),
 ) -> dict[str, Any]:
     started = time.perf_counter()
     run = build_run(cfg, resume, info)
+    run.hparams_first = tuple(hparams_first)
     try:
         return _train_run(run, resume, callbacks, started)
     finally:
@@ -477,7 +482,7 @@ def _result(run: Run, state: State, guard: NonFiniteGuard, started: float) -> di
 def _finish(run: Run, state: State, guard: NonFiniteGuard, logger: MetricsLogger, started: float) -> dict:
     hparams = {f"{section}.{key}": value for section, values in config_to_dict(run.cfg).items()
                for key, value in values.items()}
-    logger.hparams(hparams, list(VAL_TAGS))
+    logger.hparams(hparams, list(VAL_TAGS), first=run.hparams_first)
     result = _result(run, state, guard, started)
     log.info("done: %d steps, %s tokens in %.0f s (%.0f%% of it evaluating); val loss %.4f, perplexity %.2f "
              "(unigram %.1f); %s", state.step, f"{state.tokens:,}", result["wall_time_s"],
