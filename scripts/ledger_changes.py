@@ -42,7 +42,9 @@ def table() -> str:
         shown = judged_row(claim, record)[0]
         verdict, _, status = shown.partition(" (unverified: ")
         where = "measured under the committed rule" if not status else "not re-measured yet"
-        if record and not status:
+        if record is None:
+            where = "not run yet"
+        elif not status:
             where += f" ({str(record.get('commit', ''))[:7]})"
         rows.append(f"| {claim.letter} | {claim.title} | {before.get(claim.letter, '-')} | "
                     f"{verdict if not status else '-'} | {where} |")

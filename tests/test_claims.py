@@ -445,7 +445,7 @@ def test_every_claim_has_its_parts_and_a_shipped_config():
 
     root = Path(__file__).resolve().parents[1]
     letters = [c.letter for c in all_claims()]
-    assert letters == ["a", "b", "c", "d", "e", "f1", "f2", "f3", "g", "h", "i", "j", "k", "l", "m"]
+    assert letters == ["a", "b", "c", "d", "e", "f1", "f2", "f3", "g", "h", "i", "j", "k", "l", "m", "n"]
     for claim in all_claims():
         assert (root / claim.config).is_file(), claim.config
         if claim.decision is None:  # first-edition prose; a Rule renders its own sentence
@@ -591,3 +591,61 @@ def test_claim_help_lists_every_claim_from_an_index_that_matches_the_claims(caps
         assert re.search(rf"^  {re.escape(letter)}\s+{re.escape(name)}\s+{re.escape(title)}$", out, re.M), (
             name
         )
+
+
+def test_amplification_is_a_second_order_measure_that_leaves_the_model_as_it_was():
+    """||dF||^2 / ||F||^2 for a change of relative size eps: 0 for eps 0, ~4x for twice the eps (the change
+    is small enough to be linear), the same draws for the same seed, and the weights untouched."""
+    from albert_gpt.study.claims import amplification
+
+    model = tiny(init_std=0.125, init_scheme="normal")
+    idx = torch.randint(0, V, (3, T))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    small = amplification.amplification(model, idx, seed=5, eps=1e-4)
+    assert amplification.amplification(model, idx, seed=5, eps=0.0) == 0.0
+    assert amplification.amplification(model, idx, seed=5, eps=2e-4) == pytest.approx(4 * small, rel=0.02)
+    assert amplification.amplification(model, idx, seed=5, eps=1e-4) == small
+    assert small > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "post, deep, control, verdict",
+    [
+        (1.0, 0.2, 1.0, "supported"),  # post-LN grows like L, pre-LN (0.2) and DeepNorm do not
+        (0.2, 1.5, 1.0, "undecided"),  # post-LN equal to pre-LN, DeepNorm grows faster: one contradicts
+        (0.2, 1.0, 0.1, "not testable here"),  # the unshared control shows no post-/pre-LN contrast
+    ],
+)
+def test_amplification_rule(post, deep, control, verdict):
+    """Planted amplifications ~ L^slope per arm, with seed noise that differs between arms."""
+    from albert_gpt.study.claims import amplification
+
+    slopes = {
+        "post-LN": post,
+        "pre-LN": 0.2,
+        "DeepNorm": deep,
+        "no norm + final LN": 0.5,
+        "post-LN, unshared": 0.3 + control,
+        "pre-LN, unshared": 0.3,
+    }
+    wobble = (0.0, 0.02, -0.03, 0.01, -0.01, 0.015)
+    results = []
+    for k, arm in enumerate(amplification.ARMS):
+        for seed, w in zip(amplification.SEEDS["cpu"], wobble[k:] + wobble[:k]):
+            for n in amplification.DEPTHS["cpu"]:
+                amp = 1e-5 * n ** (slopes[arm] + w)
+                results.append(
+                    {
+                        "arm": arm,
+                        "n_layers": n,
+                        "seed": seed,
+                        "amp_init": amp,
+                        "amp_trained": amp,
+                        "val_loss": 2.8,
+                        "diverged": False,
+                        "unigram_loss": 3.25,
+                    }
+                )
+    assert amplification.CLAIM.verdict_of(results)[0] == verdict
+    assert "| post-LN, unshared |" in amplification.analyze(results).table

@@ -44,6 +44,11 @@ INDEX: tuple[tuple[str, str, str], ...] = (
         "per-depth-affine",
         "Adaptive normalization for a shared block: per-depth gains (a stand-in), input-conditioned LN",
     ),
+    (
+        "n",
+        "amplification",
+        "Post-LN amplifies parameter changes in proportion to depth; DeepNorm and pre-LN do not",
+    ),
 )
 
 
@@ -57,6 +62,7 @@ def all_claims() -> list[Claim]:
     from albert_gpt.study.claims import (
         activations,
         adaptive,
+        amplification,
         batch_dependence,
         conv_depth,
         conv_norms,
@@ -86,6 +92,7 @@ def all_claims() -> list[Claim]:
         conv_norms.CLAIM,
         padded_batchnorm.CLAIM,
         adaptive.CLAIM,
+        amplification.CLAIM,
     ]
 
 
