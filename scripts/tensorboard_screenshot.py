@@ -1,7 +1,7 @@
 """A screenshot of what a newcomer sees first in TensorBoard: a real TensorBoard server on a runs folder,
 read by headless Chromium, written as a PNG (docs/figures/tensorboard_quickstart.png by default).
 
-    python scripts/tensorboard_screenshot.py                      # runs/ -> docs/figures/tensorboard_quickstart.png
+    python scripts/tensorboard_screenshot.py          # runs/ -> docs/figures/tensorboard_quickstart.png
     python scripts/tensorboard_screenshot.py --logdir runs --tab scalars --out /tmp/scalars.png
 
 Needs `tensorboard` (a dependency of albert_gpt) and a Chromium or Chrome binary (`apt install chromium`,
