@@ -247,7 +247,7 @@ class EvalConfig:
 class LogConfig:
     progress: bool = opt(True, "tqdm progress bars (false for quiet logs)")
     interval: int = opt(10, "steps between train/* scalars", min=1)
-    tensorboard: bool = opt(True, "write TensorBoard event files to RUN_DIR/tb")
+    tensorboard: bool = opt(True, "write TensorBoard event files into RUN_DIR")
     diagnostics_interval: int = opt(0, "steps between per-depth diag/* statistics (0 = off)", min=0)
 
 

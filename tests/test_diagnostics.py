@@ -218,7 +218,7 @@ def test_training_logs_diagnostics_only_at_the_interval(tmp_path, monkeypatch, i
     records = read_metrics(cfg.run_dir / "metrics.jsonl")
     diag_steps = {r["step"] for r in records if r["tag"].startswith("diag/")}
     tags = {r["tag"] for r in records}
-    events = EventAccumulator(str(cfg.run_dir / "tb"), size_guidance={"histograms": 0})
+    events = EventAccumulator(str(cfg.run_dir), size_guidance={"histograms": 0})
     events.Reload()
     histograms = set(events.Tags()["histograms"])
     if interval == 0:

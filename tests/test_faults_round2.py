@@ -134,14 +134,21 @@ def test_rotation_and_overwrite_keep_what_albert_gpt_did_not_write(run, capsys):
     (checkpoints / "step_00000099" / "mine.txt").write_text("mine")
     (checkpoints / ".tmp-user").mkdir()
     (checkpoints / ".tmp-user" / "mine.txt").write_text("mine")
-    (run / "tb" / "my_plot.png").write_bytes(b"png")
+    (run / "my_plot.png").write_bytes(b"png")  # beside the event files
+    (run / "events.out.tfevents.mine").mkdir()  # a folder by an event file's name: not the writer's
+    legacy = run / "tb"  # a run from before event files moved into RUN_DIR
+    legacy.mkdir()
+    (legacy / "events.out.tfevents.1.host.1.0").write_bytes(b"old")
     assert cli(capsys, "train", str(run), "--resume", "--set", "train.max_steps=40")[0] == 0
     assert (checkpoints / "step_00000099" / "mine.txt").is_file()
     assert (checkpoints / ".tmp-user" / "mine.txt").is_file()
     config = run.parent.parent / "config.yaml"
     assert cli(capsys, "train", str(config), "--set", "run.overwrite=true")[0] == 0
     assert (checkpoints / "step_00000099" / "mine.txt").read_text() == "mine"
-    assert (run / "tb" / "my_plot.png").read_bytes() == b"png"
+    assert (run / "my_plot.png").read_bytes() == b"png"
+    assert (run / "events.out.tfevents.mine").is_dir() and not legacy.exists()
+    events = [p for p in run.glob("events.out.tfevents.*") if p.is_file()]
+    assert len(events) == 1  # the overwritten run's own, written again
     assert [p.name for p in list_checkpoints(run) if p.name != "step_00000099"] == [
         "step_00000010", "step_00000020"]
 
@@ -389,11 +396,20 @@ def test_a_cache_entry_that_links_to_a_folder_without_meta_is_replaced_as_a_link
     assert not entry.is_symlink() and (entry / "meta.json").is_file()
 
 
-def test_a_tb_folder_that_cannot_be_written_is_one_line(run, capsys):
-    shutil.rmtree(run / "tb")
-    (run / "tb").write_text("a file where the folder was")
+def test_a_run_folder_that_takes_no_event_file_is_one_line(run, capsys, monkeypatch):
+    """The event files go into RUN_DIR itself; when no new file can be made there (a full disk here: the
+    tests run as root, whom a read-only mode does not stop), one line instead of the writer thread's
+    traceback."""
+    import errno
+
+    from albert_gpt.training import metrics
+
+    def full(folder):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+
+    monkeypatch.setattr(metrics, "check_writable", full)
     expect_error(capsys, "train", str(run), "--resume", "--set", "train.max_steps=30",
-                 says=("cannot write metrics in", "tb"))
+                 says=("cannot write metrics in", "No space left on device"))
 
 
 # ---------------------------------------------------------------- R8: litter

@@ -255,7 +255,7 @@ def test_a_sweeps_varied_keys_come_first_in_tensorboards_hparams_table(tmp_path)
     )
     sweep_dir = run_sweep(path, progress=False)
     (run,) = (sweep_dir / "runs").iterdir()
-    ea = EventAccumulator(str(run / "tb"))
+    ea = EventAccumulator(str(run))
     ea.Reload()
     content = ea.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment

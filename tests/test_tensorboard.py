@@ -12,7 +12,7 @@ from albert_gpt.training.metrics import MetricsLogger, read_metrics
 
 
 def _events(run_dir) -> EventAccumulator:
-    ea = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
     ea.Reload()
     return ea
 
@@ -41,7 +41,7 @@ def test_non_finite_scalar_keeps_jsonl_valid(tmp_path):
         log.scalar("train/loss", float("nan"), 1)
     (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert json.loads(line)["value"] is None
-    assert not (tmp_path / "tb").exists()
+    assert not list(tmp_path.glob("events.out.tfevents.*"))
 
 
 def test_resume_drops_points_logged_after_the_checkpoint(tmp_path):
@@ -145,7 +145,7 @@ def test_every_run_carries_the_layout_and_its_charts_draw_the_tags_a_run_writes(
     )
     train(cfg)
     run_dir = tmp_path / "runs" / "tiny"
-    layout = _layout(run_dir / "tb")
+    layout = _layout(run_dir)
     titles = [c.title for c in layout.category]
     assert titles[0] == "1. training"
     first = layout.category[0].chart[0]

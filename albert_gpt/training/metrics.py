@@ -1,4 +1,5 @@
-"""Where logged values go: TensorBoard event files in RUN_DIR/tb and RUN_DIR/metrics.jsonl.
+"""Where logged values go: TensorBoard event files in RUN_DIR itself (so `tensorboard --logdir runs`
+names each run by its name) and RUN_DIR/metrics.jsonl.
 
 metrics.jsonl holds one JSON object per scalar, {"step", "tag", "value", "wall_time"}, so
 scripts can read curves without TensorBoard.
@@ -16,11 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from albert_gpt.errors import TrainingError
-from albert_gpt.paths import clear_folder, create_new, open_append, temp_name, write_atomic
+from albert_gpt.paths import (
+    UnsafePath,
+    clear_folder,
+    create_new,
+    delete,
+    open_append,
+    temp_name,
+    write_atomic,
+)
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
-TB_DIR = "tb"
+EVENT_PREFIX = "events.out.tfevents."  # how TensorBoard's writer names its files
+LEGACY_TB_DIR = "tb"  # where runs written before event files moved to RUN_DIR kept them
 
 
 # The custom-scalars layout written into every run (TensorBoard's "Custom Scalars" tab): the story first
@@ -73,12 +83,25 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     write_atomic(path, "".join(line + "\n" for line in kept))
 
 
+def _is_event_file(path: Path) -> bool:
+    return path.name.startswith(EVENT_PREFIX) and path.is_file()
+
+
 def clear_event_files(run_dir: Path) -> list[Path]:
-    """Delete a run's TensorBoard files (run.overwrite): the event files TensorBoard's writer names, then
-    the folder when nothing else is left (a link in its place is removed as a link). Returns what was
+    """Delete a run's TensorBoard files (run.overwrite): the files TensorBoard's writer names, in RUN_DIR
+    and in an older run's RUN_DIR/tb (then that folder, when nothing else is left). Returns what was
     kept because albert_gpt did not write it."""
-    return clear_folder(Path(run_dir) / TB_DIR, Path(run_dir),
-                        lambda p: p.name.startswith("events.out.tfevents.") and p.is_file())
+    run_dir = Path(run_dir)
+    kept = []
+    for path in sorted(run_dir.glob(EVENT_PREFIX + "*")):
+        try:
+            delete(path, run_dir, _is_event_file)
+        except (OSError, UnsafePath):
+            kept.append(path)
+    legacy = run_dir / LEGACY_TB_DIR
+    if legacy.exists() or legacy.is_symlink():
+        kept += clear_folder(legacy, run_dir, _is_event_file)
+    return kept
 
 
 def check_writable(folder: Path) -> None:
@@ -98,7 +121,7 @@ def _wait_for_a_later_second(tb_dir: Path) -> None:
     The purge that hides steps logged after the checkpoint works only when the resumed file
     comes last, so a resume within the same second as an earlier writer waits for the next one.
     """
-    stamps = [int(p.name.split(".")[3]) for p in tb_dir.glob("events.out.tfevents.*")
+    stamps = [int(p.name.split(".")[3]) for p in tb_dir.glob(EVENT_PREFIX + "*")
               if p.name.split(".")[3].isdigit()]
     if stamps and time.time() < max(stamps) + 1:
         time.sleep(max(stamps) + 1 - time.time())
@@ -123,7 +146,7 @@ class MetricsLogger:
             # Imported here: TensorBoard pulls in a lot, and tensorboard: false should not pay for it.
             from torch.utils.tensorboard import SummaryWriter
 
-            tb_dir = Path(run_dir) / TB_DIR
+            tb_dir = Path(run_dir)
             try:
                 check_writable(tb_dir)
             except OSError:

@@ -14,18 +14,19 @@ from albert_gpt.checkpoint.store import clear_checkpoints
 from albert_gpt.config import Config
 from albert_gpt.errors import TrainingError
 from albert_gpt.paths import UnsafePath, delete, is_inside, lock_fd, sweep_temp_files
-from albert_gpt.training.metrics import clear_event_files
+from albert_gpt.training.metrics import EVENT_PREFIX, clear_event_files
 
 log = logging.getLogger(__name__)
 
 # What a training run writes; replacing a run removes exactly these, nothing else in the folder.
 RUN_FILES = ("config.yaml", "tokenizer.json", "metrics.jsonl", "data.json")
-RUN_DIRS = ("checkpoints", "tb")
+RUN_DIRS = ("checkpoints", "tb")  # "tb": event files of runs written before they moved to RUN_DIR
 LOCK_FILE = ".lock"  # held (flock) by the process training the run; names it for a second one
 
 
 def holds_run(run_dir: Path) -> bool:
-    return any((run_dir / name).exists() or (run_dir / name).is_symlink() for name in RUN_FILES + RUN_DIRS)
+    return (any((run_dir / name).exists() or (run_dir / name).is_symlink() for name in RUN_FILES + RUN_DIRS)
+            or any(Path(run_dir).glob(EVENT_PREFIX + "*")))
 
 
 def check_run_dir(cfg: Config, resume: bool) -> Path:
