@@ -268,3 +268,31 @@ def test_source_splits_only_missing_one_carved():
     assert list(result["val"]) == ["v"]
     n_train, n_test = len(list(result["train"])), len(list(result["test"]))
     assert 8 <= n_test <= 12 and n_train + n_test == 100
+
+
+def test_a_text_without_line_breaks_still_gets_its_held_out_splits():
+    """One long line: no line start after the cuts, so they fall mid-line at the requested shares, the
+    pieces still join back to the text, and the split method says how it was cut."""
+    text = "word " * 20_000  # 100,000 characters, no newline
+    mid: list[str] = []
+    pieces = split_by_position([text], [("val", 0.1), ("test", 0.05)], mid)
+    train, val, test = pieces["train"][0], pieces["val"][0], pieces["test"][0]
+    assert train + val + test == text and mid == ["val", "test"]
+    assert len(val) == 10_000 and len(test) == 5_000
+    method = make_splits(SourceDocs({"train": [text]}, "x"), 0.1, 0.05).method
+    assert "val and test mid-line (no line break after the cut)" in method
+    lines = "".join(f"line {i:05d}\n" for i in range(5000))  # with line breaks: no mid-line cut
+    assert "mid-line" not in make_splits(SourceDocs({"train": [lines]}, "x"), 0.1, 0.05).method
+
+
+def test_a_one_line_file_prepares_a_validation_split(tmp_path):
+    from train_utils import tiny_config
+
+    from albert_gpt.data.pipeline import prepare_data
+
+    corpus = tmp_path / "one_line.txt"
+    corpus.write_text("the cat sat on the mat and the dog ran " * 2000, encoding="utf-8")  # no newline
+    cfg = tiny_config(tmp_path, data={"path": str(corpus)})
+    prepared = prepare_data(cfg, progress=False)
+    sizes = {name: len(split.tokens) for name, split in prepared.splits.items()}
+    assert sizes["val"] > 0.08 * sum(sizes.values()) and sizes["test"] > 0.08 * sum(sizes.values())

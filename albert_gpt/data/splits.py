@@ -77,9 +77,12 @@ def make_splits(source: SourceDocs, val_fraction: float, test_fraction: float) -
     names = ", ".join(name for name, f in carve if f > 0) or "no held-out split"
     by_position = counts is not None and (not counts or not all(counts[name] for name, f in carve if f > 0))
     if by_position:
-        pieces = split_by_position(train, carve)
+        mid_line: list[str] = []
+        pieces = split_by_position(train, carve, mid_line)
         count = f"{n} document{'s' if n != 1 else ''}"
-        method = f"{names} cut from train by character position at line starts ({count}){suffix}"
+        where = "at line starts" if not mid_line else (
+            f"at line starts, {' and '.join(mid_line)} mid-line (no line break after the cut)")
+        method = f"{names} cut from train by character position {where} ({count}){suffix}"
         return Splits({**source.splits, **pieces}, method)
     documents = dict(source.splits)
     for name in ["train"] + [name for name, _ in carve]:
@@ -99,8 +102,11 @@ def _counts(n: int, carve: list[tuple[str, float]]) -> dict[str, int]:
     return counts if counts["train"] > 0 else {}
 
 
-def split_by_position(docs: Iterable[Document], carve: list[tuple[str, float]]) -> dict[str, list[Document]]:
-    """Cut the joined documents into train then each carved split, at line starts.
+def split_by_position(docs: Iterable[Document], carve: list[tuple[str, float]],
+                      mid_line: list[str] | None = None) -> dict[str, list[Document]]:
+    """Cut the joined documents into train then each carved split, at line starts; where the last
+    document has no line break after a cut (one long line), at the cut's own character, and that split's
+    name is appended to `mid_line`.
 
     Two passes, neither holding more than a piece of a document: the first measures the documents,
     the second finds the line start after each cut. A str document gives str parts; a text file gives
@@ -114,8 +120,13 @@ def split_by_position(docs: Iterable[Document], carve: list[tuple[str, float]]) 
     total = starts[-1]
     held_out = sum(fraction for _, fraction in carve)
     cuts, position = [], total * (1.0 - held_out)
-    for _, fraction in carve:
-        cuts.append(_line_start(docs, starts, round(position)))
+    for name, fraction in carve:
+        cut = _line_start(docs, starts, round(position))
+        if cut >= total and round(position) < total and fraction > 0:  # no line start left: cut mid-line
+            cut = round(position)
+            if mid_line is not None:
+                mid_line.append(name)
+        cuts.append(cut)
         position += total * fraction
     bounds = [0, *cuts, total]
     names = ["train"] + [name for name, _ in carve]
