@@ -22,9 +22,21 @@ from albert_gpt.errors import ConfigError
 # Lines that put whitespace, punctuation and non-ASCII text on both sides of newlines: every kind of
 # place a cut could go wrong under GPT-2's pre-tokenizer.
 LINES = [
-    "First Citizen:", "  indented line", "\tTab led.", "", "   ", "trailing space ", "café naïve 😀",
-    "x", "'s contraction", "1234 5678", "--- punctuation ---", "\u3000ideographic space", "end.\r",
-    "ALL CAPS", "mixed\u00a0nbsp",
+    "First Citizen:",
+    "  indented line",
+    "\tTab led.",
+    "",
+    "   ",
+    "trailing space ",
+    "café naïve 😀",
+    "x",
+    "'s contraction",
+    "1234 5678",
+    "--- punctuation ---",
+    "\u3000ideographic space",
+    "end.\r",
+    "ALL CAPS",
+    "mixed\u00a0nbsp",
 ]
 
 
@@ -34,10 +46,13 @@ def tricky_text(n_lines: int, seed: int = 0) -> str:
 
 
 def config(tmp_path: Path, path: Path, tokenizer: dict, **data) -> object:
-    return config_from_dict({
-        "data": {"source": "files", "path": str(path), "cache_dir": str(tmp_path / "cache"), **data},
-        "tokenizer": tokenizer, "log": {"progress": False},
-    })
+    return config_from_dict(
+        {
+            "data": {"source": "files", "path": str(path), "cache_dir": str(tmp_path / "cache"), **data},
+            "tokenizer": tokenizer,
+            "log": {"progress": False},
+        }
+    )
 
 
 def all_tokens(prepared) -> dict[str, np.ndarray]:
@@ -52,8 +67,9 @@ def test_pieces_give_the_tokens_of_whole_files(tmp_path, monkeypatch, tokenizer)
     path.write_text(tricky_text(3000), encoding="utf-8")
     whole = prepare_data(config(tmp_path / "whole", path, tokenizer), progress=False)
     monkeypatch.setattr(documents, "PIECE_BYTES", 64)
-    pieces = list(TextFile(path, "replace", cut_rule(config(tmp_path, path, tokenizer).tokenizer),
-                           DecodeCounts()))
+    pieces = list(
+        TextFile(path, "replace", cut_rule(config(tmp_path, path, tokenizer).tokenizer), DecodeCounts())
+    )
     assert len(pieces) > 100  # really read in pieces
     chunked = prepare_data(config(tmp_path / "chunked", path, tokenizer), progress=False)
     assert chunked.tokenizer.to_json() == whole.tokenizer.to_json()
@@ -149,10 +165,14 @@ def test_bpe_trained_on_a_capped_sample_differs_only_when_the_corpus_is_larger(t
     path.write_text(tricky_text(2000), encoding="utf-8")
     size = path.stat().st_size
     full = prepare_data(config(tmp_path / "a", path, {"type": "bpe", "vocab_size": 320}), progress=False)
-    roomy = prepare_data(config(tmp_path / "b", path, {"type": "bpe", "vocab_size": 320,
-                                                      "train_max_bytes": 10 * size}), progress=False)
-    small = prepare_data(config(tmp_path / "c", path, {"type": "bpe", "vocab_size": 320,
-                                                      "train_max_bytes": 300}), progress=False)
+    roomy = prepare_data(
+        config(tmp_path / "b", path, {"type": "bpe", "vocab_size": 320, "train_max_bytes": 10 * size}),
+        progress=False,
+    )
+    small = prepare_data(
+        config(tmp_path / "c", path, {"type": "bpe", "vocab_size": 320, "train_max_bytes": 300}),
+        progress=False,
+    )
     assert roomy.tokenizer.to_json() == full.tokenizer.to_json()
     assert small.tokenizer.to_json() != full.tokenizer.to_json()
 
@@ -194,3 +214,74 @@ def test_training_batches_read_the_cache_through_a_memory_map(tmp_path):
     for step in range(500):
         sampler.batch(step)
     assert _anon_rss_kb() - before < 20_000  # far below the 200 MB file
+
+
+def one_long_line(n_words: int, seed: int = 0) -> str:
+    """Words, digits, punctuation and non-ASCII separated by single and double spaces, no newline."""
+    rng = random.Random(seed)
+    words = ["First", "citizen:", "café", "naïve", "😀", "1234", "--", "'s", "x", "ALL", "(paren)", "end."]
+    return "".join(rng.choice(words) + rng.choice([" ", " ", "  ", "\t"]) for _ in range(n_words))
+
+
+@pytest.mark.parametrize("tokenizer", [{"type": "char"}, {"type": "bpe", "vocab_size": 400}])
+def test_a_file_without_newlines_is_read_in_bounded_pieces_with_the_same_tokens(
+    tmp_path, monkeypatch, tokenizer
+):
+    """One long line: pieces never exceed MAX_PIECE_BYTES, no cut is forced (char: any character boundary;
+    BPE: before a single space between printable characters), and the tokens equal whole-file reading."""
+    path = tmp_path / "one_line.txt"
+    path.write_text(one_long_line(4000), encoding="utf-8")
+    whole = prepare_data(config(tmp_path / "whole", path, tokenizer), progress=False)
+    monkeypatch.setattr(documents, "PIECE_BYTES", 64)
+    monkeypatch.setattr(documents, "MAX_PIECE_BYTES", 256)
+    counts = DecodeCounts()
+    raw = list(
+        TextFile(path, "replace", cut_rule(config(tmp_path, path, tokenizer).tokenizer), counts).raw_pieces()
+    )
+    assert len(raw) > 50 and max(len(p) for p in raw) <= 256 and b"".join(raw) == path.read_bytes()
+    assert counts.forced_total == 0
+    chunked = prepare_data(config(tmp_path / "chunked", path, tokenizer), progress=False)
+    assert chunked.stats["forced_cuts"] == 0
+    for name, tokens in all_tokens(whole).items():
+        assert np.array_equal(all_tokens(chunked)[name], tokens), name
+
+
+def test_a_file_without_any_whitespace_is_cut_at_character_boundaries_and_says_so(tmp_path, monkeypatch):
+    """No newline and no space (minified data): BPE pieces are cut at character boundaries (never inside a
+    UTF-8 sequence), the forced cuts are counted, and the summary reports them."""
+    from albert_gpt.data.pipeline import format_stats
+
+    path = tmp_path / "dense.txt"
+    path.write_text(
+        "".join(random.Random(2).choice(["ab", "é", "😀", "{}", "x1"]) for _ in range(3000)), encoding="utf-8"
+    )
+    monkeypatch.setattr(documents, "PIECE_BYTES", 64)
+    monkeypatch.setattr(documents, "MAX_PIECE_BYTES", 256)
+    counts = DecodeCounts()
+    raw = list(TextFile(path, "strict", "isolated_line", counts).raw_pieces())
+    assert max(len(p) for p in raw) <= 256 and b"".join(raw) == path.read_bytes()
+    assert all(p.decode("utf-8") for p in raw)  # every piece decodes alone: no character was split
+    assert counts.forced_total == len(raw) - 1 > 10
+    prepared = prepare_data(config(tmp_path, path, {"type": "bpe", "vocab_size": 300}), progress=False)
+    assert prepared.stats["forced_cuts"] > 0
+    assert "pieces cut with no newline or space to cut at" in format_stats(prepared)
+
+
+def test_every_space_cut_keeps_bpe_tokens(tmp_path):
+    """Independent of the pipeline, as for newline cuts: encoding a long line cut at each place find_space_cut
+    allows gives the tokens of encoding it whole."""
+    from albert_gpt.data.documents import find_space_cut
+
+    path = tmp_path / "c.txt"
+    text = one_long_line(600, seed=3)
+    path.write_text(text, encoding="utf-8")
+    tok = prepare_data(config(tmp_path, path, {"type": "bpe", "vocab_size": 300}), progress=False).tokenizer
+    whole = tok.encode(text)
+    raw = text.encode("utf-8")
+    cuts, at = [], 1
+    while (cut := find_space_cut(raw, at)) > 0:
+        cuts.append(cut)
+        at = cut + 1
+    assert len(cuts) > 50
+    for cut in cuts:
+        assert tok.encode(raw[:cut].decode("utf-8")) + tok.encode(raw[cut:].decode("utf-8")) == whole, cut

@@ -10,7 +10,13 @@ that is depends on the tokenizer (`cut_rule`):
                  GPT-2's pre-tokenizer, whose pieces never reach across such a newline
   none           nowhere: the file is read whole (a tokenizer whose pre-tokenizer is not known to us)
 
-A file with no such newline (one long line, or CRLF line ends under isolated_line) is read as one piece.
+A piece never grows past MAX_PIECE_BYTES, whatever the file (one long line, minified JSON, no whitespace at
+all): where no newline allows a cut within it, `line` cuts at a character boundary (still exact), and
+`isolated_line` before a single space with a printable character on each side (GPT-2's pre-tokenizer
+starts a new piece at " word" whatever precedes it, so this is exact too). Where even that is missing (or
+under `none`), the piece is cut at a character boundary and the cut is counted (`DecodeCounts.forced`):
+the tokens on either side of such a cut may differ from those of the whole file, and the data summary
+says how many such cuts there were.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from albert_gpt.data.textio import BOM, decode_utf8
 from albert_gpt.errors import DataError
 
 PIECE_BYTES = 1 << 18
+MAX_PIECE_BYTES = 4 * PIECE_BYTES  # the most a piece holds, whatever the file
 CUT_RULES = ("line", "isolated_line", "none")
 
 
@@ -48,15 +55,40 @@ def find_cut(buf: bytes | bytearray, start: int, rule: str) -> int:
     return -1
 
 
+def find_space_cut(buf: bytes | bytearray, start: int) -> int:
+    """The first position >= start just before a single space with a printable ASCII character on each
+    side ("x y": the cut falls between x and " y"); -1 when there is none in `buf`."""
+    i = buf.find(b" ", max(start, 1))
+    while i >= 0:
+        if i + 1 < len(buf) and _printable(buf[i - 1]) and _printable(buf[i + 1]):
+            return i
+        i = buf.find(b" ", i + 1)
+    return -1
+
+
+def char_boundary(buf: bytes | bytearray, at: int) -> int:
+    """`at`, moved back over UTF-8 continuation bytes (at most 3) so that no character is split."""
+    back = 0
+    while back < 3 and at - back > 0 and (buf[at - back] & 0xC0) == 0x80:
+        back += 1
+    return at - back
+
+
 class DecodeCounts:
-    """Invalid UTF-8 sequences per file, as counted by the last complete reading of each file."""
+    """Invalid UTF-8 sequences per file, as counted by the last complete reading of each file, and the
+    pieces cut where no exact cut was found (`forced`)."""
 
     def __init__(self) -> None:
         self.per_file: dict[str, int] = {}
+        self.forced: dict[str, int] = {}
 
     @property
     def total(self) -> int:
         return sum(self.per_file.values())
+
+    @property
+    def forced_total(self) -> int:
+        return sum(self.forced.values())
 
 
 class TextFile:
@@ -72,14 +104,19 @@ class TextFile:
         return size == 0 or (size <= len(BOM.encode()) and not "".join(self))
 
     def raw_pieces(self) -> Iterator[bytes]:
-        """The file's bytes in pieces of at least PIECE_BYTES (but the last), cut by the rule."""
+        """The file's bytes in pieces of PIECE_BYTES to MAX_PIECE_BYTES (but the last), cut by the rule
+        (see the module docstring for a file where the rule finds no cut)."""
         pending = bytearray()
         scanned = 0  # pending[:scanned] holds no allowed cut
+        forced = 0
         with open_data_file(self.path) as f:
             while data := f.read(PIECE_BYTES):
                 pending += data
                 while len(pending) >= PIECE_BYTES:
                     cut = find_cut(pending, max(scanned, PIECE_BYTES - 1), self.rule)
+                    if cut < 0 and len(pending) >= MAX_PIECE_BYTES:
+                        cut, exact = self._fallback_cut(pending)
+                        forced += not exact
                     if cut < 0:
                         scanned = max(len(pending) - 1, 0)
                         break
@@ -88,6 +125,17 @@ class TextFile:
                     scanned = 0
         if pending:
             yield bytes(pending)
+        self.counts.forced[str(self.path)] = forced
+
+    def _fallback_cut(self, pending: bytearray) -> tuple[int, bool]:
+        """A cut in a full piece without an allowed newline: (position, whether the tokens stay exact)."""
+        if self.rule == "line":  # each character encoded alone: any character boundary is exact
+            return char_boundary(pending, PIECE_BYTES), True
+        if self.rule == "isolated_line":
+            space = find_space_cut(pending, PIECE_BYTES)
+            if space >= 0:
+                return space, True
+        return char_boundary(pending, PIECE_BYTES), False
 
     def __iter__(self) -> Iterator[str]:
         invalid, at_byte, at_line = 0, 0, 1

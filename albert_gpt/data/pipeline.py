@@ -161,6 +161,9 @@ def _build(cfg: Config, source: SourceDocs, out: Path, fp: str, progress: bool) 
     if source.invalid_utf8:
         log.warning("%s: %d invalid UTF-8 sequences replaced by U+FFFD", source.description,
                     source.invalid_utf8)
+    if source.forced_cuts:
+        log.warning("%s: %d pieces cut with no newline or space to cut at (tokens at those cuts may differ "
+                    "from encoding the text whole)", source.description, source.forced_cuts)
     return _meta(cfg, source, splits.method, tokenizer, per_split, t1 - t0, t2 - t1, fp)
 
 
@@ -190,6 +193,7 @@ def _meta(cfg: Config, source: SourceDocs, method: str, tokenizer: TextTokenizer
     stats = {
         "source": source.description, "split_method": method, "tokenizer": cfg.tokenizer.type,
         "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "invalid_utf8": source.invalid_utf8,
+        "forced_cuts": source.forced_cuts,
         "splits": per_split, "tokenizer_seconds": tokenizer_seconds, "tokenize_seconds": tokenize_seconds,
         "tokens_per_second": n_tokens / max(tokenize_seconds, 1e-9), "fingerprint": fp,
     }
@@ -291,6 +295,9 @@ def format_stats(prepared: PreparedData) -> str:
         lines.append(f"{name:<6}{x['documents']:>12,}{x['characters']:>15,}{x['bytes']:>15,}{x['tokens']:>14,}{per:>13}")
     if s["invalid_utf8"]:
         lines.append(f"invalid UTF-8 sequences replaced by U+FFFD: {s['invalid_utf8']:,}")
+    if s.get("forced_cuts"):
+        lines.append(f"pieces cut with no newline or space to cut at: {s['forced_cuts']:,} (tokens at "
+                     "those cuts may differ from encoding the text whole)")
     lines.append(f"cache       {s['cache_path']}")
     if s["cached"]:
         lines.append(f"time        {s['seconds']:.2f} s (cache reused, nothing tokenized; "

@@ -37,6 +37,11 @@ class SourceDocs:
         """Sequences replaced by U+FFFD in the files read so far (complete once every document was read)."""
         return self.counts.total
 
+    @property
+    def forced_cuts(self) -> int:
+        """Pieces cut where no exact cut was found, in the files read so far."""
+        return self.counts.forced_total
+
 
 def document_count(docs: Iterable[Document]) -> int | None:
     """Number of documents (None for a stream); local files are counted in one pass the first time."""
