@@ -198,7 +198,6 @@ CLAIM = Claim(
     config=CONFIG,
     metric="spread = max / min over depth of the per-layer RMS (1 = perfectly steady); whether the model "
     "trained: unigram loss minus validation loss.",
-    rule="",
     decision=RULE,
     evidence=_evidence,
     cells=cells,

@@ -157,7 +157,6 @@ CLAIM = Claim(
     config=CONFIG,
     metric="validation loss, paired by seed against the shared model; the fraction of the shared-unshared "
     "gap closed and the gain per added parameter are reported.",
-    rule="",
     decision=RULE,
     evidence=_evidence,
     cells=cells,

@@ -289,7 +289,6 @@ CLAIM = Claim(
     config=CONFIG,
     metric="amplification = mean ||F(theta + delta) - F(theta)||^2 / ||F(theta)||^2; its growth with depth = "
     "the least-squares slope of log amplification against log L, per arm and seed.",
-    rule="",
     decision=RULE,
     evidence=_evidence,
     cells=cells,

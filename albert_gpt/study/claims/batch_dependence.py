@@ -229,7 +229,6 @@ CLAIM = Claim(
     f"{len(SEEDS['cpu'])} seeds. Evaluation on full windows in eval mode (running statistics).",
     config=CONFIG,
     metric="validation loss in eval mode; the train-mode loss (batch statistics) is reported.",
-    rule="",
     decision=RULE,
     evidence=_evidence,
     cells=cells,

@@ -253,7 +253,6 @@ CLAIM = Claim(
     metric="in doublings (log2): |change| of the output RMS from the first block to the last; |change| of "
     "the loss gradient norm from the last block back to the first; growth of the injected perturbation "
     "by the last block; on the trained models, paired by seed.",
-    rule="",
     decision=RULE,
     evidence=_evidence,
     cells=cells,

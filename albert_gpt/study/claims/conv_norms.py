@@ -180,7 +180,6 @@ CLAIM = Claim(
     "G=1 point. Each norm replaces LayerNorm: a stand-in for the article's combination.",
     config=CONFIG,
     metric="final validation loss (eval mode), paired by seed against LayerNorm.",
-    rule="",
     decision=RULE,
     evidence=_evidence,
     cells=cells,

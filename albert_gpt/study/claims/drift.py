@@ -358,7 +358,6 @@ CLAIM = Claim(
     metric="drift = mean over features of |change of mean| / earlier std + |change of log std| between "
     f"measurements {EVERY} steps apart, averaged over sub-layers, depths and the run; speed = validation "
     f"loss at step {SPEED_STEP}.",
-    rule="",
     decision=RULE,
     evidence=_evidence,
     cells=cells,

@@ -129,7 +129,6 @@ CLAIM = Claim(
     config="configs/claims/base.yaml",
     metric="the largest absolute difference of outputs and the largest relative difference of input "
     "gradients over all shapes and scales.",
-    rule="",
     decision=RULE,
     evidence=_evidence,
     cells=cells,

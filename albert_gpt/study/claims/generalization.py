@@ -232,7 +232,6 @@ CLAIM = Claim(
     config=CONFIG,
     metric="the best held-out loss, and how far the held-out loss rose from its best by the end; the final "
     "train loss and gap are reported.",
-    rule="",
     decision=RULE,
     evidence=_evidence,
     cells=cells,

@@ -251,7 +251,6 @@ CLAIM = Claim(
     metric="the exponent b in ||dLoss/dW2 of the last layer|| ~ L^b, fitted per seed over L (least squares "
     "on logs); mean and 95% t interval over seeds in the table ('overflow': a gradient was not finite in "
     "float32).",
-    rule="",
     decision=RULE,
     evidence=_evidence,
     cells=cells,

@@ -24,9 +24,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from albert_gpt.study.claims.rules import Evidence, Rule, judge
+from albert_gpt.study.claims.rules import VERDICTS, Evidence, Rule, judge
 
-VERDICTS = ("supported", "contradicted", "mixed", "undecided", "not testable here")
 DOCS = Path("docs")
 LEDGER_FILE = DOCS / "claims.md"
 RESULTS_DIR = DOCS / "claims"
@@ -42,7 +41,7 @@ class Analysis:
 
 @dataclass(frozen=True)
 class Claim:
-    letter: str  # a..h: the row of the ledger
+    letter: str  # a..n: the row of the ledger
     name: str  # the command: albert-gpt study NAME
     title: str
     sections: str  # of the article
@@ -50,31 +49,27 @@ class Claim:
     experiment: str
     config: str  # the base config, under configs/claims/
     metric: str
-    rule: str  # written before the runs; analyze() applies exactly this
+    # The rule as data (rules.Rule: written and committed before the runs; it renders its own sentence)
+    # and what the results give it (rules.Evidence); rules.judge computes the verdict from both.
+    decision: Rule
+    evidence: Callable[[list[dict[str, Any]]], Evidence]
     cells: Callable[[str], list[dict[str, Any]]]  # size ("cpu" | "gpu") -> one dict per cell
     measure: Callable[[dict[str, Any]], dict[str, Any]]  # runs in a worker; must be a module-level function
-    analyze: Callable[[list[dict[str, Any]]], Analysis]
+    analyze: Callable[[list[dict[str, Any]]], Analysis]  # the verdict (from judge) and the results table
     figure: Callable[[list[dict[str, Any]], Path], None] | None = None
     # Curves worth browsing, written as TensorBoard event files under the work directory.
     tensorboard: Callable[[list[dict[str, Any]], Path], None] | None = None
-    # The second edition: the rule as data (rules.Rule) and what the results give it (rules.Evidence).
-    # A claim that has them is judged by rules.judge; its prose `rule` is then the rendered Rule.
-    decision: Rule | None = None
-    evidence: Callable[[list[dict[str, Any]]], Evidence] | None = None
 
     def rule_text(self) -> str:
-        return self.decision.text() if self.decision is not None else self.rule
+        return self.decision.text()
 
     def rule_sha256(self) -> str:
         return hashlib.sha256(self.rule_text().encode("utf-8")).hexdigest()
 
     def verdict_of(self, results: list[dict[str, Any]]) -> tuple[str, str, str]:
         """(verdict, reason, headline) of results under the current rule."""
-        if self.decision is not None and self.evidence is not None:
-            judged = judge(self.decision, self.evidence(results))
-            return judged.verdict, judged.reason, judged.headline()
-        analysis = self.analyze(results)
-        return analysis.verdict, analysis.reason, analysis.headline
+        judged = judge(self.decision, self.evidence(results))
+        return judged.verdict, judged.reason, judged.headline()
 
 
 def cell_key(cell: dict[str, Any]) -> str:
@@ -228,14 +223,13 @@ decision rule written down and committed before the runs; the verdict is compute
 results file (`docs/claims/NAME.json`), never typed. Where the measurement disagrees with the
 article, the verdict says *contradicted*.
 
-Second edition (in progress): a rule is data (`albert_gpt/study/claims/rules.py`) that both renders
+Second edition: a rule is data (`albert_gpt/study/claims/rules.py`) that both renders
 the sentence below and computes the verdict with scipy's tests (paired t for continuous metrics, the
 exact paired permutation test for counts and widths, Holm across comparisons), gated on "trained"
 and, for a claimed failure, on a positive control; verdicts are symmetric (supported, contradicted,
 undecided, not testable here). Each results file records its rule's text and sha256, the commit of
 the code that measured it and the verdict computed then; a row whose file does not record the
-current rule, or was measured by uncommitted code, is marked *unverified* with the reason. Rows
-still judged by their first-edition rule show means with Student-t 95% intervals.
+current rule, or was measured by uncommitted code, is marked *unverified* with the reason.
 
 Reproduce one row with `albert-gpt study claim NAME` (`--size gpu` for the larger grid), or all of
 them with `albert-gpt study claim all`; results go to `claims_runs/` unless `--write-docs` asks for

@@ -226,7 +226,6 @@ CLAIM = Claim(
     config="configs/claims/lstm.yaml",
     metric="validation loss in eval mode; the train-mode loss and how much earlier logits move in train "
     "mode when only the last token changes (BatchNorm's leak) are reported.",
-    rule="",
     decision=RULE,
     evidence=_evidence,
     cells=cells,

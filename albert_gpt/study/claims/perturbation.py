@@ -231,7 +231,6 @@ CLAIM = Claim(
     metric="amplification at the last layer: the perturbation's relative size over "
     f"{RELATIVE:g} (relative), and its norm over the injected perturbation's norm (absolute); the logits' "
     "relative change and each arm's final validation loss are reported.",
-    rule="",
     decision=RULE,
     evidence=_evidence,
     cells=cells,

@@ -211,7 +211,6 @@ CLAIM = Claim(
     metric=f"steps to a fixed validation loss (the unigram loss minus {TARGET_BELOW_UNIGRAM:g} nats) at lr "
     f"{BASE_LR:g}; the number of learning rates that train (within {MARGIN:g} nats of the best of all arms, "
     "same seed).",
-    rule="",
     decision=RULE,
     evidence=_evidence,
     cells=cells,

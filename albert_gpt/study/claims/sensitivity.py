@@ -478,7 +478,6 @@ LR_CLAIM = Claim(
         f"the trainable range in decades (settings within {MARGIN:g} nats of the best of all arms, same "
         "seed), per seed; the best loss and the diverged runs are reported."
     ),
-    rule="",
     decision=LR_RULE,
     evidence=_lr_evidence,
     cells=_lr_cells,
@@ -502,7 +501,6 @@ INIT_CLAIM = Claim(
         f"how many init stds of the grid train (end within {MARGIN:g} nats of the best of all arms, same "
         "seed), per seed; the best loss is reported."
     ),
-    rule="",
     decision=INIT_RULE,
     evidence=_init_evidence,
     cells=_init_cells,
@@ -525,7 +523,6 @@ BATCH_CLAIM = Claim(
         f"the small-batch penalty: final val loss at batch {min(BATCHES)} minus at batch {max(BATCHES)}, "
         "same arm and seed (lower = less sensitive); the loss at every batch size is reported."
     ),
-    rule="",
     decision=BATCH_RULE,
     evidence=_batch_evidence,
     cells=_batch_cells,
