@@ -140,6 +140,9 @@ def cmd_claim(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.size == "smoke" and args.write_docs:
+        raise ConfigError("--size smoke checks the code with too few seeds for a verdict; its results never "
+                          "go to docs/ (drop --write-docs)")
     names = [c.name for c in all_claims()] if args.claim == "all" else [] if args.claim == "ledger" \
         else [get_claim(args.claim).name]
     # The committed ledger (docs/) changes only when asked; by default results land in the work folder.
@@ -281,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="claims (letter, name, title):\n" + help_listing(),
     )
     p.add_argument("claim", help="a claim's letter or name, `all`, or `ledger` (rewrite docs/claims.md only)")
-    p.add_argument("--size", default="cpu", choices=("cpu", "gpu"),
-                   help="cpu: 30 minutes or less a row on 2 cores")
+    p.add_argument("--size", default="cpu", choices=("cpu", "gpu", "smoke"),
+                   help="cpu: 30 minutes or less a row on 2 cores; gpu: the larger grid for one GPU; smoke: "
+                   "one cell per arm, first seed (checks the code; too few seeds for a verdict)")
     p.add_argument("--workers", type=int, default=2, help="cells measured side by side, one thread each")
     p.add_argument("--work-dir", default="claims_runs", help="where measured cells are kept (resumable)")
     p.add_argument("--fresh", action="store_true", help="measure every cell again instead of reusing them")

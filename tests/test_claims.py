@@ -527,6 +527,22 @@ def test_activations_rule(others_spread, post_loss, verdict):
     assert activations.CLAIM.verdict_of(results)[0] == verdict
 
 
+def test_the_smoke_size_runs_one_cell_per_arm_and_never_writes_docs(tmp_path, monkeypatch, capsys):
+    from albert_gpt.cli import main
+    from albert_gpt.study.claims.ledger import smoke_cells
+
+    cells = smoke_cells(drift.CLAIM)
+    assert [c["arm"] for c in cells] == list(drift.ARMS_HERE) and {c["seed"] for c in cells} == {1}
+    assert smoke_cells(get_claim("formula")) == [{"seed": 1}]
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", "claim", "formula", "--size", "smoke", "--workers", "1", "--work-dir", "w"]) == 0
+    record = json.loads((tmp_path / "w" / "results" / "formula.json").read_text())
+    assert record["size"] == "smoke" and len(record["cells"]) == 1
+    assert record["verdict"]["verdict"] == "undecided"  # one seed: never a result
+    assert main(["study", "claim", "formula", "--size", "smoke", "--write-docs"]) == 2
+    assert "never go to docs/" in capsys.readouterr().err
+
+
 def test_study_claim_leaves_the_committed_ledger_alone_unless_asked(tmp_path, monkeypatch):
     """`study claim` writes its results and ledger under --work-dir; docs/ only with --write-docs."""
     from albert_gpt.cli import main

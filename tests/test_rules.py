@@ -256,6 +256,7 @@ def test_a_bound_is_a_check_on_every_seed_and_stays_out_of_holm():
         mixed.verdict == "undecided"
         and "worst 1.000 across 3 seeds, at most 1e-05 in 2 of them" in mixed.headline()
     )
+    assert judge(rule, Evidence([], [Pairs([1e-7, 2e-6], [])])).verdict == "undecided"  # 2 seeds of 3
     at_least = Rule((Bound("gradcheck passed", "formula", 1.0, "at least"),), min_seeds=3)
     assert judge(at_least, Evidence([], [Pairs([1.0, 1.0, 0.0], [])])).verdict == "undecided"
     # with a bound beside one t test, Holm multiplies by 1: the test's p is unchanged

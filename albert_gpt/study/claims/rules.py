@@ -248,7 +248,7 @@ def judge(rule: Rule, evidence: Evidence) -> Judgement:
     results = []
     for c, pairs in zip(rule.comparisons, evidence.pairs):
         if isinstance(c, Bound):
-            results.append(_check(c, pairs))
+            results.append(_check(c, pairs, rule.min_seeds))
             continue
         c, effect, (low, high), p, n, why = next(tested)
         p_adj = next(adjusted)
@@ -266,15 +266,17 @@ def judge(rule: Rule, evidence: Evidence) -> Judgement:
     return Judgement(verdict, reason, tuple(results), gates)
 
 
-def _check(c: Bound, pairs: Pairs) -> ComparisonResult:
-    """A Bound: how many seeds are within the limit (kept in `low`), and the worst value (in `effect`)."""
+def _check(c: Bound, pairs: Pairs, min_seeds: int) -> ComparisonResult:
+    """A Bound: how many seeds are within the limit (kept in `low`), and the worst value (in `effect`);
+    undecided with fewer seeds than the rule asks for."""
     values = [float(v) for v in pairs.a]
     within = [v <= c.limit if c.direction == "at most" else v >= c.limit for v in values]
     worst = (max(values) if c.direction == "at most" else min(values)) if values else math.nan
     outcome = "supports" if values and all(within) else "contradicts" if values and not any(within) \
         else "undecided"
+    why = f"{len(values)} seeds, the rule needs {min_seeds}" if len(values) < min_seeds else ""
     return ComparisonResult(c, len(values), worst, float(sum(within)), float(len(values)), math.nan, math.nan,
-                            outcome)
+                            "undecided" if why else outcome, why)
 
 
 def _outcome(c: Comparison, effect: float, p: float, rule: Rule, why: str, high: float) -> str:
