@@ -8,7 +8,7 @@ import importlib
 import logging
 from typing import Any
 
-__version__ = "0.1.0"
+from albert_gpt.version import __version__
 
 # A library logs through its own logger and leaves output to the application: a NullHandler here,
 # `albert_gpt.enable_logging()` (or the command line) to see the messages.

@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="albert-gpt", description="Train and study post-LN, parameter-shared GPT models."
     )
-    from albert_gpt import __version__
+    from albert_gpt.version import __version__
 
     parser.add_argument("--version", action="version", version=f"albert-gpt {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

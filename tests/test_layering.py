@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The first name under the package -> its layer. errors, config and runtime are the base
 # every layer may use; a new top-level module or folder must be placed here before it is used.
 LAYERS = {
-    "errors": 0, "typed_values": 0, "config": 0, "runtime": 0, "paths": 0,
+    "errors": 0, "typed_values": 0, "config": 0, "runtime": 0, "paths": 0, "version": 0,
     "data": 1,
     "modeling": 2,
     "checkpoint": 3,
