@@ -199,3 +199,22 @@ def test_unusable_cache_dir(tmp_path):
     cfg = make_cfg(tmp_path, data={"cache_dir": str(tmp_path / "blocker" / "cache")})
     with pytest.raises(DataError, match="data.cache_dir .*blocker/cache: cannot create"):
         prepare_data(cfg, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_split_record_reads_the_largest_id_and_hash_in_one_chunked_pass(tmp_path, dtype):
+    """Across several 4 MiB chunks (the largest id in a later one), and for an empty file."""
+    import hashlib
+
+    from albert_gpt.data.cache import split_record
+
+    tokens = np.random.default_rng(0).integers(0, 1000, size=5_000_000, dtype=np.int64).astype(dtype)
+    tokens[4_321_987] = 54_321
+    path = tmp_path / "train.bin"
+    path.write_bytes(tokens.tobytes())
+    record = split_record(path, np.dtype(dtype))
+    assert record["max_id"] == 54_321 and record["file_bytes"] == tokens.nbytes
+    assert record["sha256"] == hashlib.sha256(tokens.tobytes()).hexdigest()
+    empty = tmp_path / "val.bin"
+    empty.write_bytes(b"")
+    assert split_record(empty, np.dtype(dtype))["max_id"] == -1

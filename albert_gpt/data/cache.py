@@ -73,15 +73,20 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def split_record(path: Path, dtype: np.dtype) -> dict[str, Any]:
-    """What meta.json keeps to recognise a token file later: sha256, largest id, size and mtime."""
+    """What meta.json keeps to recognise a token file later: sha256, largest id, size and mtime. One
+    chunked read gives both the hash and the largest id: a memory map's max would pull every page of
+    the file into this process's resident memory (2 bytes a token, for nothing)."""
     digest = hashlib.sha256()
+    largest = -1
     with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
+        while chunk := f.read(1 << 22):  # a multiple of every token size
             digest.update(chunk)
-    tokens = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
+            ids = np.frombuffer(chunk, dtype=dtype)
+            if ids.size:
+                largest = max(largest, int(ids.max()))
     stat = path.stat()
-    return {"sha256": digest.hexdigest(), "max_id": int(tokens.max()) if len(tokens) else -1,
-            "file_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"sha256": digest.hexdigest(), "max_id": largest, "file_bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns}
 
 
 def read_entry(entry: Path, fp: str) -> dict[str, Any] | None:
