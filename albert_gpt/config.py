@@ -146,6 +146,10 @@ class ModelConfig:
         min=1, max=30,
     )
 
+    def with_vocab(self, vocab_size: int) -> ModelConfig:
+        """This model with the tokenizer's vocabulary size filled in (model.vocab_size null = take it)."""
+        return dataclasses.replace(self, vocab_size=vocab_size)
+
 
 @dataclass
 class DataConfig:
@@ -263,6 +267,10 @@ class Config:
 
     def __post_init__(self) -> None:
         validate(self)
+
+    def with_vocab(self, vocab_size: int) -> Config:
+        """This config with the tokenizer's vocabulary size in model.vocab_size (validated again)."""
+        return dataclasses.replace(self, model=self.model.with_vocab(vocab_size))
 
     @property
     def run_dir(self) -> Path:

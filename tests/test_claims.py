@@ -664,3 +664,20 @@ def test_amplification_rule(post, deep, control, verdict):
                 )
     assert amplification.CLAIM.verdict_of(results)[0] == verdict
     assert "| post-LN, unshared |" in amplification.analyze(results).table
+
+
+def test_the_ledger_runs_a_claims_own_measure_without_the_registry(tmp_path):
+    """No circle: ledger.py never imports the registry (which imports every claim); two worker processes
+    run the claim module's own measure function and land its cells."""
+    import ast
+    from pathlib import Path
+
+    import albert_gpt.study.claims.ledger as ledger_module
+
+    tree = ast.parse(Path(ledger_module.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "albert_gpt.study.claims.registry" not in imported
+    claim = get_claim("formula")
+    path = run_claim(claim, size="smoke", workers=2, work_dir=tmp_path / "w", results_dir=tmp_path / "r",
+                     progress=False)
+    assert [c["seed"] for c in json.loads(path.read_text())["cells"]] == [1]

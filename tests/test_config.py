@@ -221,3 +221,12 @@ def test_float16_on_cpu_is_refused_once_where_the_device_is_known():
         with pytest.raises(ConfigError, match=r"^run\.dtype: float16 needs a CUDA device"):
             resolve_dtype(cfg.run, torch.device("cpu"))
     assert resolve_dtype(load_config(None, ["run.dtype=bfloat16"]).run, torch.device("cpu")) == torch.bfloat16
+
+
+def test_with_vocab_fills_the_vocabulary_in_one_place_and_leaves_the_original():
+    from albert_gpt.config import Config
+
+    cfg = Config()
+    filled = cfg.with_vocab(123)
+    assert filled.model.vocab_size == 123 and cfg.model.vocab_size is None
+    assert filled.model == cfg.model.with_vocab(123) and filled.train == cfg.train

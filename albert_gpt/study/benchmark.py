@@ -10,7 +10,6 @@ Shapes: B = batch size, T = block_size, V = vocabulary size.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import statistics
 import time
@@ -170,7 +169,7 @@ def build_variant(label: str, cfg: Config, tokens: np.ndarray, vocab_size: int) 
     """Model, optimizer and sampler for `cfg`, as `training.trainer.build_run` makes them."""
     device = resolve_device(cfg.run)
     dtype = resolve_dtype(cfg.run, device)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
+    cfg = cfg.with_vocab(vocab_size)
     seed_everything(cfg.run.seed)
     model = build_model(cfg.model).to(device)
     t = cfg.train

@@ -4,7 +4,6 @@ token), with the vocabulary size resolved from the tokenizer settings, as a tabl
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ def resolve_vocab(cfg: Config) -> tuple[int, str | None]:
 def model_info(cfg: Config) -> dict[str, Any]:
     """Shape, parameter counts and FLOPs per token of the model `cfg` describes."""
     vocab, note = resolve_vocab(cfg)
-    model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab)
+    model_cfg = cfg.model.with_vocab(vocab)
     model = meta_model(model_cfg)
     counts = count_parameters(model)
     return {

@@ -9,7 +9,6 @@ stream's position, which is saved with them).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
@@ -253,7 +252,7 @@ def _build_run(cfg: Config, info: DistInfo, device: torch.device, dtype: torch.d
     if cfg.model.vocab_size is not None and cfg.model.vocab_size != vocab:
         raise ConfigError(f"model.vocab_size is {cfg.model.vocab_size} but the tokenizer has {vocab} tokens; "
                           "leave model.vocab_size null to take it from the tokenizer")
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
+    cfg = cfg.with_vocab(vocab)
 
     model = build_model(cfg.model).to(device)
     distributed.seed_rank(cfg.run.seed, info)

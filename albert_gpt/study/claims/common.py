@@ -58,7 +58,7 @@ def prepared_data(cfg: Config) -> Any:
 
 def build_model(cfg: Config, vocab_size: int) -> CausalLM:
     torch.manual_seed(cfg.run.seed)
-    return build_lm(dataclasses.replace(cfg.model, vocab_size=vocab_size))
+    return build_lm(cfg.model.with_vocab(vocab_size))
 
 
 @dataclass

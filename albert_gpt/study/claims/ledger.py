@@ -94,11 +94,12 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # tiny models: a second thread per worker only adds contention
 
 
-def _measure(claim_name: str, cell: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    from albert_gpt.study.claims.registry import get_claim
-
+def _measure(measure: Callable[[dict[str, Any]], dict[str, Any]], cell: dict[str, Any]
+             ) -> tuple[str, dict[str, Any]]:
+    """One cell, in a worker: `measure` is the claim module's own function (pickled by name), so the
+    worker imports that module alone, not the registry of every claim."""
     started = time.perf_counter()
-    result = get_claim(claim_name).measure(cell)
+    result = measure(cell)
     return cell_key(cell), {**cell, **result, "seconds": round(time.perf_counter() - started, 3)}
 
 
@@ -134,14 +135,14 @@ def run_claim(
     if todo and workers > 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-            futures = {pool.submit(_measure, claim.name, c): c for c in todo}
+            futures = {pool.submit(_measure, claim.measure, c): c for c in todo}
             for future in as_completed(futures):
                 _keep(cache, done, future.result())
                 bar.update()
     else:
         _init_worker()
         for cell in todo:
-            _keep(cache, done, _measure(claim.name, cell))
+            _keep(cache, done, _measure(claim.measure, cell))
             bar.update()
     bar.close()
     results = [done[cell_key(c)] for c in cells]
