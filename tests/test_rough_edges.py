@@ -146,7 +146,9 @@ def test_a_hub_dataset_that_cannot_be_had_offline_is_one_clear_error(tmp_path, m
 
     from albert_gpt.data import sources
 
-    monkeypatch.setattr(sources, "hub_reachable", lambda *a, **k: False)
+    probes = []
+    monkeypatch.setattr(sources, "hub_reachable", lambda *a, **k: probes.append(1) and False)
     config = write_config(tmp_path, data={"source": "hub", "path": "someone/no-such-dataset"})
     err = _error(capsys, "prepare", str(config))
     assert "the hub cannot be reached from here" in err and "data.path" in err
+    assert len(probes) == 1  # one probe for the three splits

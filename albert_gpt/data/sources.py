@@ -175,7 +175,9 @@ def _hub(data: DataConfig) -> SourceDocs:
         else:
             found = {key: _saved_split(saved, ident, key, split) for key, split in wanted.items() if split}
     else:
-        found = {key: _load_hub_split(ident, data, key, split) for key, split in wanted.items() if split}
+        with offline_when_unreachable() as offline:  # one probe for every split
+            found = {key: _load_hub_split(ident, data, key, split, offline)
+                     for key, split in wanted.items() if split}
     splits = {key: _column(ds, data, f"{ident} [{key}]") for key, ds in found.items()}
     return SourceDocs(splits, _describe(data), notes=notes)
 
@@ -227,13 +229,12 @@ def offline_when_unreachable() -> Iterator[bool]:
         datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
 
 
-def _load_hub_split(ident: str, data: DataConfig, key: str, split: str) -> Any:
+def _load_hub_split(ident: str, data: DataConfig, key: str, split: str, offline: bool) -> Any:
+    """One split by hub name; `offline`: offline mode is on because the hub cannot be reached."""
     import datasets
 
-    offline = False
     try:
-        with offline_when_unreachable() as offline:
-            return datasets.load_dataset(ident, data.config, split=split, streaming=data.streaming)
+        return datasets.load_dataset(ident, data.config, split=split, streaming=data.streaming)
     except ValueError as exc:
         if "split" not in str(exc).lower():
             raise DataError(f"hub dataset {ident!r}: {_first_line(exc)}") from None

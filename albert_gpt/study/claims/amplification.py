@@ -27,6 +27,7 @@ from albert_gpt.study.claims.common import (
     prepared_data,
     probe_batch,
     runs_where,
+    sharing_overrides,
     train_model,
     unigram_loss,
 )
@@ -106,7 +107,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
         [
             *ARMS[cell["arm"]],
             f"model.n_layers={n}",
-            f"model.n_groups={n if cell['arm'].endswith('unshared') else 1}",
+            *sharing_overrides("unshared" if cell["arm"].endswith("unshared") else "shared", n),
             f"model.init_std={INIT_STD}",
             f"run.seed={cell['seed']}",
             f"train.max_steps={TRAIN_STEPS}",
