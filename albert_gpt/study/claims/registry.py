@@ -49,6 +49,11 @@ INDEX: tuple[tuple[str, str, str], ...] = (
         "amplification",
         "Post-LN amplifies parameter changes in proportion to depth; DeepNorm and pre-LN do not",
     ),
+    (
+        "o",
+        "frontier",
+        "How deep a shared post-LN block trains, with and without warmup, against pre-LN and DeepNorm",
+    ),
 )
 
 
@@ -68,6 +73,7 @@ def all_claims() -> list[Claim]:
         conv_norms,
         drift,
         formula,
+        frontier,
         generalization,
         gradients,
         padded_batchnorm,
@@ -93,6 +99,7 @@ def all_claims() -> list[Claim]:
         padded_batchnorm.CLAIM,
         adaptive.CLAIM,
         amplification.CLAIM,
+        frontier.CLAIM,
     ]
 
 
