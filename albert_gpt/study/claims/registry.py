@@ -54,6 +54,12 @@ INDEX: tuple[tuple[str, str, str], ...] = (
         "frontier",
         "How deep a shared post-LN block trains, with and without warmup, against pre-LN and DeepNorm",
     ),
+    (
+        "p",
+        "attention-stability",
+        "Normalization keeps self-attention stable: bounded logits, no entropy collapse",
+    ),
+    ("q", "contribution", "Post-LN balances each layer application's contribution to the stream"),
 )
 
 
@@ -68,7 +74,9 @@ def all_claims() -> list[Claim]:
         activations,
         adaptive,
         amplification,
+        attention_stability,
         batch_dependence,
+        contribution,
         conv_depth,
         conv_norms,
         drift,
@@ -100,6 +108,8 @@ def all_claims() -> list[Claim]:
         adaptive.CLAIM,
         amplification.CLAIM,
         frontier.CLAIM,
+        attention_stability.CLAIM,
+        contribution.CLAIM,
     ]
 
 
