@@ -135,7 +135,13 @@ def cmd_grad_at_init(args: argparse.Namespace) -> int:
 
 
 def cmd_claim(args: argparse.Namespace) -> int:
-    from albert_gpt.study.claims.ledger import LEDGER_FILE, RESULTS_DIR, run_claim, write_ledger
+    from albert_gpt.study.claims.ledger import (
+        LEDGER_FILE,
+        RESULTS_DIR,
+        run_claim,
+        write_findings,
+        write_ledger,
+    )
     from albert_gpt.study.claims.registry import all_claims, get_claim
 
     if args.workers < 1:
@@ -154,6 +160,9 @@ def cmd_claim(args: argparse.Namespace) -> int:
                          results_dir=results_dir, fresh=args.fresh)
         log.info("claim %s: results in %s", name, path)
     print(f"wrote {write_ledger(all_claims(), results_dir=results_dir, path=ledger)}")
+    readme = Path("README.md")  # the committed docs are written from the repository's root, as docs/ is
+    if args.write_docs and readme.is_file() and write_findings(all_claims(), readme, results_dir):
+        print("wrote the findings block of README.md")
     return 0
 
 

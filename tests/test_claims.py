@@ -682,3 +682,26 @@ def test_the_ledger_runs_a_claims_own_measure_without_the_registry(tmp_path):
     path = run_claim(claim, size="smoke", workers=2, work_dir=tmp_path / "w", results_dir=tmp_path / "r",
                      progress=False)
     assert [c["seed"] for c in json.loads(path.read_text())["cells"]] == [1]
+
+
+def test_the_readmes_findings_block_is_generated_from_the_committed_results(tmp_path):
+    """The README's findings block is what --write-docs generates from docs/claims/*.json, so a newcomer's
+    first paragraph cannot drift from the measured numbers; write_findings replaces only that block."""
+    from pathlib import Path
+
+    from albert_gpt.study.claims.ledger import FINDINGS_BEGIN, FINDINGS_END, findings, write_findings
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = readme[readme.index(FINDINGS_BEGIN) + len(FINDINGS_BEGIN): readme.index(FINDINGS_END)]
+    expected = findings(all_claims(), root / "docs" / "claims")
+    expected = expected or "(no row with a summary has been measured yet)"
+    assert block.strip() == expected.strip()
+
+    copy = tmp_path / "README.md"
+    copy.write_text(f"before\n{FINDINGS_BEGIN}\nstale\n{FINDINGS_END}\nafter\n")
+    assert write_findings(all_claims(), copy, tmp_path / "no-results")
+    assert copy.read_text() == (f"before\n{FINDINGS_BEGIN}\n(no row with a summary has been measured yet)\n"
+                                f"{FINDINGS_END}\nafter\n")
+    (tmp_path / "plain.md").write_text("no block\n")
+    assert not write_findings(all_claims(), tmp_path / "plain.md", tmp_path / "no-results")

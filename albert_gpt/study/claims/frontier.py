@@ -336,6 +336,44 @@ def figure(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def summary(results: list[dict[str, Any]]) -> str:
+    """What the frontier found, in plain words, with the measured numbers."""
+    seeds = sorted({r["seed"] for r in results})
+    depths = sorted({r["n_layers"] for r in results})
+    shallow, deep = depths[0], depths[-1]
+    verdict = CLAIM.verdict_of(results)
+
+    def width(arm: str, n: int, w: float) -> str:
+        return f"{sum(trainable_range(results, arm, n, w, s) for s in seeds) / len(seeds):.1f}"
+
+    def best(arm: str, n: int) -> str:
+        runs = runs_where(results, arm=arm, n_layers=n)
+        losses = [r["val_loss"] for r in runs if r["val_loss"] is not None]
+        return f"{min(losses):.2f}" if losses else "none"
+
+    ranges = "; ".join(
+        f"{arm} {width(arm, shallow, 0.0)} at L = {shallow} and {width(arm, deep, 0.0)} at L = {deep} "
+        f"({width(arm, deep, WARMUPS[1])} with warmup)"
+        for arm in ARMS
+    )
+    diverged = ", ".join(
+        f"{arm} {sum(r['diverged'] for r in runs_where(results, arm=arm))}" for arm in ARMS
+    )
+    return (
+        f"One shared 64-wide block applied L = {', '.join(map(str, depths))} times, each arm trained "
+        f"{results[0]['steps']} steps at every learning rate from {min(LRS):g} to {max(LRS):g} (half a "
+        f"decade apart), with and without 10% warmup, {len(seeds)} seeds. A run counts as trained when it "
+        f"ends within {MARGIN:g} nats of the best run of any arm at its depth. The learning-rate range that "
+        f"trains, in decades (mean over seeds), without warmup at the shallowest and deepest L and with "
+        f"warmup at the deepest: {ranges}. Lowest loss at L = {deep}: "
+        + ", ".join(f"{arm} {best(arm, deep)}" for arm in ARMS)
+        + f" (unigram {results[0]['unigram_loss']:.2f}). Runs that diverged, of "
+        f"{len(runs_where(results, arm=next(iter(ARMS))))} per arm: {diverged}. The rule written before the "
+        f"runs expected post-LN without warmup to lose more range from L = {shallow} to L = {deep} than "
+        f"pre-LN and DeepNorm; verdict: {verdict[0]} ({verdict[2]})."
+    )
+
+
 CLAIM = Claim(
     letter="o",
     name="frontier",
@@ -357,4 +395,5 @@ CLAIM = Claim(
     measure=measure,
     analyze=analyze,
     figure=figure,
+    summary=summary,
 )

@@ -59,6 +59,9 @@ class Claim:
     figure: Callable[[list[dict[str, Any]], Path], None] | None = None
     # Curves worth browsing, written as TensorBoard event files under the work directory.
     tensorboard: Callable[[list[dict[str, Any]], Path], None] | None = None
+    # What was found, in plain words with the measured numbers (generated from the results), for rows a
+    # newcomer should read first: shown at the top of docs/claims.md and in the README's findings block.
+    summary: Callable[[list[dict[str, Any]]], str] | None = None
 
     def rule_text(self) -> str:
         return self.decision.text()
@@ -255,7 +258,8 @@ this page.
 
 
 def write_ledger(claims: list[Claim], results_dir: Path = RESULTS_DIR, path: Path = LEDGER_FILE) -> Path:
-    """docs/claims.md from the claims' results files: a summary table, then a section per claim."""
+    """docs/claims.md from the claims' results files: what was found (rows with a summary), a summary
+    table, then a section per claim."""
     summary = ["| | claim | article | verdict | result (mean [95% CI]) |", "|---|---|---|---|---|"]
     sections = []
     for claim in claims:
@@ -265,11 +269,44 @@ def write_ledger(claims: list[Claim], results_dir: Path = RESULTS_DIR, path: Pat
             f"| {claim.letter} | [{claim.title}](#{claim.letter}-{_anchor(claim.title)}) | "
             f"{claim.sections} | **{verdict}** | {headline.replace('|', '/')} |"
         )
-        sections.append(_section(claim, analysis, results_dir, verdict, reason))
-    text = _HEADER + "\n" + "\n".join(summary) + "\n\n" + "\n\n".join(sections) + "\n"
+        sections.append(_section(claim, analysis, results_dir, verdict, reason, record))
+    found = findings(claims, results_dir, figures="claims")
+    text = _HEADER + "\n" + (found + "\n\n" if found else "") + "\n".join(summary) + "\n\n" + \
+        "\n\n".join(sections) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+FINDINGS_BEGIN, FINDINGS_END = "<!-- findings:begin -->", "<!-- findings:end -->"
+
+
+def findings(claims: list[Claim], results_dir: Path = RESULTS_DIR, figures: str = "docs/claims") -> str:
+    """The plain-words summaries of the rows that have one, each with its verdict and figure (`figures`: the
+    figures' folder as seen from the page that shows them); empty when none has results."""
+    parts = []
+    for claim in claims:
+        record = load_record(claim, results_dir)
+        if claim.summary is None or not record or not record.get("cells"):
+            continue
+        verdict, _, _, _ = judged_row(claim, record)
+        figure = f"![claim {claim.letter}]({figures}/{claim.name}.png)"
+        parts.append(f"### {claim.title} (row {claim.letter}: {verdict})\n\n"
+                     f"{claim.summary(record['cells'])}\n\n{figure}")
+    return "\n\n".join(parts)
+
+
+def write_findings(claims: list[Claim], readme: Path, results_dir: Path = RESULTS_DIR) -> bool:
+    """Replace the README's findings block (between FINDINGS_BEGIN and FINDINGS_END) with `findings`;
+    False when the README has no such block."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.find(FINDINGS_BEGIN), text.find(FINDINGS_END)
+    if start < 0 or end < start:
+        return False
+    block = findings(claims, results_dir) or "(no row with a summary has been measured yet)"
+    text = text[: start + len(FINDINGS_BEGIN)] + "\n" + block + "\n" + text[end:]
+    readme.write_text(text, encoding="utf-8")
+    return True
 
 
 def judged_row(claim: Claim, record: dict[str, Any] | None) -> tuple[str, str, str, Analysis | None]:
@@ -295,7 +332,26 @@ def _anchor(title: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-").replace("--", "-")
 
 
-def _section(claim: Claim, analysis: Analysis | None, results_dir: Path, verdict: str, reason: str) -> str:
+def _run_time(record: dict[str, Any] | None) -> str:
+    """How long the row's cells took, from its results file."""
+    if not record or "cell_seconds_total" not in record:
+        return ""
+    machine = record.get("machine", {})
+    return (f"Run time: {len(record['cells'])} cells, {_duration(record['cell_seconds_total'])} of cell time "
+            f"on {machine.get('processor', 'an unrecorded processor')} ({machine.get('workers', '?')} at a "
+            f"time; the last call's wall time {_duration(record.get('wall_seconds_this_call', 0))}).")
+
+
+def _sentence(text: str) -> str:
+    return text if not text or text.endswith(".") else text + "."
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} minutes"
+
+
+def _section(claim: Claim, analysis: Analysis | None, results_dir: Path, verdict: str, reason: str,
+             record: dict[str, Any] | None = None) -> str:
     lines = [
         f"## {claim.letter}. {claim.title}",
         "",
@@ -314,7 +370,8 @@ def _section(claim: Claim, analysis: Analysis | None, results_dir: Path, verdict
         shown = "not run yet." if verdict == "not run yet" else f"{verdict}. {reason}"
         lines.append(f"**Result**: {shown}")
         return "\n".join(lines)
-    lines += ["**Result**:", "", analysis.table, "", f"**Verdict: {verdict}.** {reason}"]
+    verdict_line = f"**Verdict: {verdict}.** {_sentence(reason)} {_run_time(record)}".rstrip()
+    lines += ["**Result**:", "", analysis.table, "", verdict_line]
     if (results_dir / f"{claim.name}.png").is_file():
         lines += ["", f"![claim {claim.letter}](claims/{claim.name}.png)"]
     return "\n".join(lines)
