@@ -208,3 +208,27 @@ def test_contribution_rule(post, verdict):
                             "val_loss": 2.7, "diverged": False, "unigram_loss": 3.25})
     assert q.CLAIM.verdict_of(results)[0] == verdict
     assert "| DeepNorm |" in q.analyze(results).table
+
+
+@pytest.mark.parametrize(
+    "wide_gap, verdict",
+    [(0.3, "supported"), (0.0, "contradicted"), (0.12, "undecided")],  # the gap at width 64: 0.1 nats
+)
+def test_width_rule(wide_gap, verdict):
+    """Planted tuned losses: no norm + final LN trails post-LN by 0.1 nats at width 64 and by `wide_gap` at
+    256; only the best learning rate of each arm counts."""
+    from albert_gpt.study.claims import width as r
+
+    results = []
+    for w in r.WIDTHS["cpu"]:
+        for arm in r.ARMS:
+            for lr in r.LRS:
+                for seed in r.SEEDS["cpu"]:
+                    gap = {64: 0.1, 128: 0.1, 256: wide_gap}[w] + 0.01 * ((seed * (w // 64 + 2)) % 5)
+                    best = 2.6 + (gap if arm == "no norm + final LN" else 0.0)
+                    loss = best if lr == 3e-3 else best + 0.2  # the tuned loss is the lr 3e-3 run
+                    results.append({"arm": arm, "width": w, "lr": lr, "seed": seed, "val_loss": loss,
+                                    "diverged": False, "unigram_loss": 3.25})
+    assert r.tuned_loss(results, "post-LN", 64, 1) == 2.6
+    assert r.CLAIM.verdict_of(results)[0] == verdict
+    assert "| 256 |" in r.analyze(results).table

@@ -60,6 +60,7 @@ INDEX: tuple[tuple[str, str, str], ...] = (
         "Normalization keeps self-attention stable: bounded logits, no entropy collapse",
     ),
     ("q", "contribution", "Post-LN balances each layer application's contribution to the stream"),
+    ("r", "width", "LayerNorm's value grows with the model's width"),
 )
 
 
@@ -88,6 +89,7 @@ def all_claims() -> list[Claim]:
         perturbation,
         recurrent,
         sensitivity,
+        width,
     )
 
     return [
@@ -110,6 +112,7 @@ def all_claims() -> list[Claim]:
         frontier.CLAIM,
         attention_stability.CLAIM,
         contribution.CLAIM,
+        width.CLAIM,
     ]
 
 
