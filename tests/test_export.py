@@ -26,6 +26,7 @@ MODELS = {
         "embedding_dim": 16,
     },
     "rmsnorm deepnorm": {"n_layers": 2, "n_groups": 1, "norm": "rmsnorm", "norm_placement": "deepnorm"},
+    "no norm + final LN": {"n_layers": 2, "n_groups": 1, "norm_placement": "none", "final_norm": True},
 }
 
 

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 from albert_gpt.checkpoint import load_run_checkpoint, require_run_dir
 from albert_gpt.errors import ConfigError
+from albert_gpt.modeling.wiring import wiring
 from albert_gpt.paths import UnsafePath, delete, entries, is_inside, marker_kind, only, write_marker
 
 MODEL_FILES = ("configuration_albert_gpt.py", "modeling_albert_gpt.py")
@@ -48,6 +49,7 @@ def hf_state_and_config(cfg: Any, model: Any) -> tuple[dict[str, torch.Tensor], 
     if m.norm not in EXPORTABLE_NORMS:
         raise ConfigError(f"export supports model.norm {', '.join(EXPORTABLE_NORMS)}; this run uses {m.norm}")
     depths = [model.blocks[i] for i in model.schedule]
+    wired = wiring(m)
     groups = {}
     maps = {}
     for part in ("attn", "ffn", "attn_norm", "ffn_norm"):
@@ -83,7 +85,10 @@ def hf_state_and_config(cfg: Any, model: Any) -> tuple[dict[str, torch.Tensor], 
         "ffn_mult": m.ffn_mult,
         "bias": m.bias,
         "norm": m.norm,
-        "norm_placement": m.norm_placement,
+        "norm_placement": m.norm_placement,  # for readers; the wiring below is what the model file uses
+        "norm_first": wired.norm_first,
+        "residual_alpha": wired.alpha,
+        "block_norms": wired.has_norm,
         "norm_eps": m.norm_eps,
         "norm_affine": m.norm_affine,
         "final_norm": not isinstance(model.final_norm, torch.nn.Identity),

@@ -40,6 +40,11 @@ def torch_default_init(model: nn.Module) -> None:
             m.reset_parameters()
 
 
+def group_of_depth(cfg: ModelConfig) -> list[int]:
+    """ALBERT's grouping, written once: layer application i runs group i * n_groups // n_layers."""
+    return [i * cfg.n_groups // cfg.n_layers for i in range(cfg.n_layers)]
+
+
 class CausalLM(nn.Module):
     """The parts of a causal LM that do not depend on its layers.
 
@@ -64,8 +69,7 @@ class CausalLM(nn.Module):
         self.emb_proj = nn.Linear(E, cfg.n_embd, bias=cfg.bias) if factorized else None
         self.head_proj = nn.Linear(cfg.n_embd, E, bias=cfg.bias) if factorized else None
         self.dropout = nn.Dropout(cfg.dropout)
-        # ALBERT's grouping: layer application i runs block i * n_groups // n_layers.
-        self.schedule = [i * cfg.n_groups // cfg.n_layers for i in range(cfg.n_layers)]
+        self.schedule = group_of_depth(cfg)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, H) -> logits (B, T, V); the head reuses tok_emb's weight, after H -> E when factorized,

@@ -15,6 +15,7 @@ from torch import nn
 from albert_gpt.config import ModelConfig
 from albert_gpt.modeling.layers import CausalSelfAttention, FeedForward, KVCache
 from albert_gpt.modeling.norms import BATCH_NORMS, build_norm
+from albert_gpt.modeling.wiring import wiring
 
 # trace(point, tensor): told about each tensor at TRACE_POINTS of one layer application.
 Trace = Callable[[str, torch.Tensor], None]
@@ -48,7 +49,7 @@ def ignore_trace(point: str, tensor: torch.Tensor) -> None:
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     """A block's norm: the configured kind, or the identity when the placement is `none`."""
-    return nn.Identity() if cfg.norm_placement == "none" else build_norm(cfg)
+    return build_norm(cfg) if wiring(cfg).has_norm else nn.Identity()
 
 
 def masked_norm(norm: nn.Module, valid: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -80,11 +81,10 @@ class Block(nn.Module):
         ffn_norm: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        # The wiring, decided here and nowhere else: the norm before the branch (pre, none) or
-        # after the residual sum (post, deepnorm), and the weight of the residual in that sum.
-        self.norm_first = cfg.norm_placement in ("pre", "none")
-        # DeepNet (Wang et al. 2022): up-weighting the residual keeps post-LN updates bounded.
-        self.alpha = (2 * cfg.n_layers) ** 0.25 if cfg.norm_placement == "deepnorm" else 1.0
+        # The wiring (wiring.py): the norm before the branch or after the residual sum, and the weight of
+        # the residual in that sum (DeepNet's alpha keeps post-LN updates bounded).
+        w = wiring(cfg)
+        self.norm_first, self.alpha = w.norm_first, w.alpha
         self.attn = CausalSelfAttention(cfg) if attn is None else attn
         self.attn_norm = make_norm(cfg) if attn_norm is None else attn_norm
         self.ffn = FeedForward(cfg) if ffn is None else ffn

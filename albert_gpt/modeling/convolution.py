@@ -27,9 +27,16 @@ from torch import nn
 
 from albert_gpt.config import ModelConfig
 from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, torch_default_init
-from albert_gpt.modeling.block import Trace, ignore_trace, masked_norm, residual_sublayer, sublayer_points
-from albert_gpt.modeling.model import needs_final_norm
+from albert_gpt.modeling.block import (
+    Trace,
+    ignore_trace,
+    make_norm,
+    masked_norm,
+    residual_sublayer,
+    sublayer_points,
+)
 from albert_gpt.modeling.norms import NORM_TYPES, build_norm
+from albert_gpt.modeling.wiring import needs_final_norm, wiring
 
 _POINTS = sublayer_points("conv")
 
@@ -59,10 +66,10 @@ class ConvBlock(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.norm_first = cfg.norm_placement in ("pre", "none")
-        self.alpha = (2 * cfg.n_layers) ** 0.25 if cfg.norm_placement == "deepnorm" else 1.0
+        w = wiring(cfg)
+        self.norm_first, self.alpha = w.norm_first, w.alpha
         self.branch = CausalConvBranch(cfg)
-        self.norm = nn.Identity() if cfg.norm_placement == "none" else build_norm(cfg)
+        self.norm = make_norm(cfg)
 
     def forward(
         self, x: torch.Tensor, dilation: int, trace: Trace | None = None, valid: torch.Tensor | None = None
@@ -106,15 +113,16 @@ class ConvLM(CausalLM):
                 nn.init.normal_(m.weight, mean=0.0, std=std)
             if isinstance(m, (nn.Linear, nn.Conv1d)) and m.bias is not None:
                 nn.init.zeros_(m.bias)
+        w = wiring(self.cfg)
         with torch.no_grad():
             for block in self.blocks:
-                if self.cfg.norm_placement == "deepnorm":  # DeepNet's beta on the branch, as on the FFN
-                    beta = (8 * self.cfg.n_layers) ** -0.25
-                    nn.init.normal_(block.branch.conv.weight, mean=0.0, std=std * beta)
-                    nn.init.normal_(block.branch.proj.weight, mean=0.0, std=std * beta)
+                # DeepNet's beta on the branch, as on the FFN; unlike the transformer's, also under
+                # `init_scheme: normal` (claim j's DeepNorm arm was measured so).
+                if w.beta is not None:
+                    nn.init.normal_(block.branch.conv.weight, mean=0.0, std=std * w.beta)
+                    nn.init.normal_(block.branch.proj.weight, mean=0.0, std=std * w.beta)
                     continue
-                scale = 1.0 if self.cfg.init_scheme == "normal" else self.cfg.n_layers**-0.5
-                nn.init.normal_(block.branch.proj.weight, mean=0.0, std=std * scale)
+                nn.init.normal_(block.branch.proj.weight, mean=0.0, std=std * w.branch_scale(self.cfg, 1))
         for m in self.modules():
             if isinstance(m, NORM_TYPES):
                 m.reset_parameters()

@@ -7,7 +7,6 @@ H hidden size.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 from torch import nn
@@ -18,12 +17,7 @@ from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, padded_vocab_siz
 from albert_gpt.modeling.layers import CausalSelfAttention, FeedForward, KVCache
 from albert_gpt.modeling.norms import NORM_TYPES, build_norm
 from albert_gpt.modeling.sharing import build_stack
-
-
-def needs_final_norm(cfg: ModelConfig) -> bool:
-    """A norm before the head when `model.final_norm` asks for a normalized stream there and the
-    blocks do not already end in one (post-LN and DeepNorm do; pre-LN and none do not)."""
-    return cfg.final_norm and cfg.norm_placement in ("pre", "none")
+from albert_gpt.modeling.wiring import needs_final_norm, wiring
 
 
 class AlbertGPT(CausalLM):
@@ -58,16 +52,15 @@ class AlbertGPT(CausalLM):
         if self.cfg.init_scheme == "torch":
             torch_default_init(self)
             return
-        std, n = self.cfg.init_std, self.cfg.n_layers
+        std = self.cfg.init_std
         for m in self.modules():  # modules() yields a shared module once
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, mean=0.0, std=std)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
-        deepnorm = self.cfg.norm_placement == "deepnorm"
-        scaled = std * (8 * n) ** -0.25 if deepnorm else std / math.sqrt(2 * n)
-        if self.cfg.init_scheme == "normal":  # depth-independent: nothing scaled down
-            scaled = std
+        w = wiring(self.cfg)
+        deepnorm = w.beta is not None
+        scaled = std * w.branch_scale(self.cfg, branches_per_layer=2)
         H = self.cfg.n_embd
         with torch.no_grad():
             for m in self.modules():

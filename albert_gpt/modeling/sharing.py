@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from albert_gpt.config import ModelConfig
+from albert_gpt.modeling.base import group_of_depth
 from albert_gpt.modeling.block import Block, make_norm
 from albert_gpt.modeling.layers import CausalSelfAttention, FeedForward
 from albert_gpt.modeling.norms import CausalBatchNorm, SequenceBatchNorm
@@ -19,7 +20,7 @@ def build_stack(cfg: ModelConfig) -> tuple[nn.ModuleList, list[int]]:
     per-depth statistics in a block applied more than once also gets a Block per layer, and so does a
     shared block whose norms get a gain and bias per depth (`model.norm_per_depth_affine`), below.
     """
-    groups = [i * cfg.n_groups // cfg.n_layers for i in range(cfg.n_layers)]
+    groups = group_of_depth(cfg)
     if per_depth_batch_stats(cfg) or per_depth_affine(cfg):
         return _per_depth_norm_stack(cfg, groups), list(range(cfg.n_layers))
     if cfg.sharing == "all":

@@ -29,6 +29,9 @@ class AlbertGPTConfig(PretrainedConfig):
         bias=True,
         norm="layernorm",
         norm_placement="post",
+        norm_first=False,
+        residual_alpha=1.0,
+        block_norms=True,
         norm_eps=1e-5,
         norm_affine=True,
         final_norm=False,
@@ -49,6 +52,9 @@ class AlbertGPTConfig(PretrainedConfig):
         self.bias = bias
         self.norm = norm
         self.norm_placement = norm_placement
+        self.norm_first = norm_first
+        self.residual_alpha = residual_alpha
+        self.block_norms = block_norms
         self.norm_eps = norm_eps
         self.norm_affine = norm_affine
         self.final_norm = final_norm

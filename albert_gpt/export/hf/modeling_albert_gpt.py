@@ -2,9 +2,9 @@
 albert_gpt's AlbertGPT, written with torch and transformers alone.
 
 Each layer application d runs attention module attn_of_depth[d] and FFN ffn_of_depth[d], each with its
-norm, wired by `norm_placement`: post x = LN(x + f(x)), pre x = x + f(LN(x)), deepnorm
-x = LN(alpha x + f(x)), none x = x + f(x). Shared modules are stored once. Generation reuses keys and
-values through the cache transformers passes in (one cache layer per application).
+norm, wired as the config's `norm_first`, `residual_alpha` and `block_norms` say: post x = LN(x + f(x)),
+pre x = x + f(LN(x)), deepnorm x = LN(alpha x + f(x)), none x = x + f(x). Shared modules are stored once.
+Generation reuses keys and values through the cache transformers passes in (one cache layer per application).
 
 Shapes: B batch, T new tokens, S cached + new tokens, H hidden, nh heads, hs = H / nh, V vocabulary.
 """
@@ -25,7 +25,7 @@ _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__
 
 
 def _norm(config):
-    if config.norm_placement == "none" or config.norm == "none":
+    if config.norm == "none":
         return nn.Identity()
     if config.norm == "layernorm":
         return nn.LayerNorm(config.n_embd, eps=config.norm_eps, elementwise_affine=config.norm_affine)
@@ -76,12 +76,13 @@ class AlbertGPTForCausalLM(PreTrainedModel, GenerationMixin):
         self.pos_emb = nn.Embedding(c.block_size, c.n_embd)
         self.attns = nn.ModuleList(Attention(c) for _ in range(max(c.attn_of_depth) + 1))
         self.ffns = nn.ModuleList(FeedForward(c) for _ in range(max(c.ffn_of_depth) + 1))
-        self.attn_norms = nn.ModuleList(_norm(c) for _ in range(max(c.attn_norm_of_depth) + 1))
-        self.ffn_norms = nn.ModuleList(_norm(c) for _ in range(max(c.ffn_norm_of_depth) + 1))
+        block_norm = _norm if c.block_norms else (lambda _: nn.Identity())
+        self.attn_norms = nn.ModuleList(block_norm(c) for _ in range(max(c.attn_norm_of_depth) + 1))
+        self.ffn_norms = nn.ModuleList(block_norm(c) for _ in range(max(c.ffn_norm_of_depth) + 1))
         self.final_norm = _norm(c) if c.final_norm else nn.Identity()
         self.head_proj = nn.Linear(c.n_embd, c.embedding_dim, bias=c.bias) if factorized else None
-        self.norm_first = c.norm_placement in ("pre", "none")
-        self.alpha = (2 * c.n_layers) ** 0.25 if c.norm_placement == "deepnorm" else 1.0
+        # The wiring albert_gpt decided (modeling/wiring.py), carried in the config: nothing re-decided.
+        self.norm_first, self.alpha = c.norm_first, c.residual_alpha
         self.post_init()
 
     def _init_weights(self, module):
