@@ -14,7 +14,7 @@ import typing
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -52,8 +52,10 @@ def opt(default: Any, help: str, **constraints: Any) -> Any:
     return field(default=default, metadata={"help": help, **constraints})
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
+    SECTION: ClassVar[str] = "run"
+
     name: str = opt("run", "run directory name under out_dir (one plain folder name)", path_name=True)
     out_dir: str = opt("runs", "parent folder of run directories")
     seed: int = opt(1337, "one seed for init, data order and dropout", min=0, max=2**32 - 1)
@@ -67,9 +69,14 @@ class RunConfig:
     overwrite: bool = opt(False, "allow training into an existing run directory, replacing it")
     parallel: Parallel = opt("ddp", "multi-process strategy under torchrun: ddp | fsdp")
 
+    def __post_init__(self) -> None:
+        check_fields(self)
 
-@dataclass
+
+@dataclass(frozen=True)
 class ModelConfig:
+    SECTION: ClassVar[str] = "model"
+
     arch: Arch = opt(
         "transformer", "transformer (shared post-LN blocks) | lstm (a stacked LSTM LM) | conv (a causal "
         "dilated-convolution LM); all three share the data, trainer, checkpoints and eval"
@@ -146,13 +153,31 @@ class ModelConfig:
         min=1, max=30,
     )
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.arch == "transformer" and self.n_embd % self.n_heads:
+            raise ConfigError(
+                f"model.n_embd ({self.n_embd}) must be divisible by model.n_heads ({self.n_heads})"
+            )
+        if self.n_layers % self.n_groups:
+            raise ConfigError(
+                f"model.n_groups ({self.n_groups}) must divide model.n_layers ({self.n_layers})"
+            )
+        _validate_arch(self)
+        if self.embedding_dim is not None and self.embedding_dim > self.n_embd:
+            raise ConfigError(
+                f"model.embedding_dim ({self.embedding_dim}) must be <= model.n_embd ({self.n_embd})"
+            )
+
     def with_vocab(self, vocab_size: int) -> ModelConfig:
         """This model with the tokenizer's vocabulary size filled in (model.vocab_size null = take it)."""
         return dataclasses.replace(self, vocab_size=vocab_size)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
+    SECTION: ClassVar[str] = "data"
+
     source: DataSource = opt(
         "builtin", "builtin (Python's docs, offline) | files | hub | url (one file, downloaded once)"
     )
@@ -199,9 +224,22 @@ class DataConfig:
     )
     cache_dir: str = opt("data_cache", "where tokenized corpora are cached")
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
+        if self.source == "url" and not self.url:
+            raise ConfigError("data.url is required when data.source is url")
+        if self.url is not None and urllib.parse.urlparse(self.url).scheme not in ("http", "https", "file"):
+            raise ConfigError(f"data.url: {self.url!r} is not an http, https or file URL")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ConfigError("data.sha256: expected 64 lowercase hex digits (the output of sha256sum)")
 
-@dataclass
+
+@dataclass(frozen=True)
 class TokenizerConfig:
+    SECTION: ClassVar[str] = "tokenizer"
+
     type: TokenizerType = opt("bpe", "bpe (byte-level, trained) | char | pretrained")
     vocab_size: int = opt(4096, "bpe: target vocabulary size", min=260, max=4_294_967_295)
     min_frequency: int = opt(2, "bpe: minimum pair frequency for a merge", min=1)
@@ -214,9 +252,16 @@ class TokenizerConfig:
     )
     eot_token: str = opt("<|endoftext|>", "end-of-text token placed between documents")
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.type == "pretrained" and not self.path:
+            raise ConfigError("tokenizer.path is required when tokenizer.type is pretrained")
 
-@dataclass
+
+@dataclass(frozen=True)
 class TrainConfig:
+    SECTION: ClassVar[str] = "train"
+
     batch_size: int = opt(12, "sequences per micro-batch", min=1, max=MAX_BATCH)
     grad_accum_steps: int = opt(1, "micro-batches per optimizer step", min=1, max=MAX_BATCH)
     max_steps: int = opt(2000, "optimizer steps", min=0)
@@ -236,9 +281,16 @@ class TrainConfig:
     keep_checkpoints: int = opt(2, "recent checkpoints kept (the best by val loss is kept too)", min=1)
     max_skipped_steps: int = opt(20, "stop after more non-finite steps in a row than this", min=0)
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.min_lr > self.lr:
+            raise ConfigError(f"train.min_lr ({self.min_lr}) must be <= train.lr ({self.lr})")
 
-@dataclass
+
+@dataclass(frozen=True)
 class EvalConfig:
+    SECTION: ClassVar[str] = "eval"
+
     interval: int = opt(250, "steps between evaluations (0 = only at the end)", min=0)
     batches: int = opt(20, "validation batches per evaluation (0 = the whole split)", min=0)
     batch_size: int | None = opt(None, "evaluation batch size (null = train.batch_size)", min=1,
@@ -246,16 +298,24 @@ class EvalConfig:
     sample_tokens: int = opt(64, "tokens of generated text logged at each evaluation (0 = none)", min=0)
     sample_prompt: str = opt("\n", "prompt for those samples")
 
+    def __post_init__(self) -> None:
+        check_fields(self)
 
-@dataclass
+
+@dataclass(frozen=True)
 class LogConfig:
+    SECTION: ClassVar[str] = "log"
+
     progress: bool = opt(True, "tqdm progress bars (false for quiet logs)")
     interval: int = opt(10, "steps between train/* scalars", min=1)
     tensorboard: bool = opt(True, "write TensorBoard event files into RUN_DIR")
     diagnostics_interval: int = opt(0, "steps between per-depth diag/* statistics (0 = off)", min=0)
 
+    def __post_init__(self) -> None:
+        check_fields(self)
 
-@dataclass
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -448,37 +508,24 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 # ---------------------------------------------------------------- validation
 
+def check_fields(section: Any) -> None:
+    """Each field of a section against its type and bounds (ConfigError naming section.key)."""
+    hints = _field_types(type(section))
+    for f in dataclasses.fields(section):
+        check_field(f"{section.SECTION}.{f.name}", f, hints[f.name], getattr(section, f.name))
+
+
 def validate(cfg: Config) -> None:
-    """Raise ConfigError (one line, naming the key) for the first problem found."""
-    for name in SECTIONS:
-        section = getattr(cfg, name)
-        hints = _field_types(type(section))
-        for f in dataclasses.fields(section):
-            check_field(f"{name}.{f.name}", f, hints[f.name], getattr(section, f.name))
-    m, d, t = cfg.model, cfg.data, cfg.train
-    if m.arch == "transformer" and m.n_embd % m.n_heads:
-        raise ConfigError(f"model.n_embd ({m.n_embd}) must be divisible by model.n_heads ({m.n_heads})")
-    if m.n_layers % m.n_groups:
-        raise ConfigError(f"model.n_groups ({m.n_groups}) must divide model.n_layers ({m.n_layers})")
-    _validate_arch(m)
+    """The checks across sections (each section has checked itself when it was built): one line, naming
+    the keys."""
+    for name, cls in SECTIONS.items():
+        if not isinstance(getattr(cfg, name), cls):
+            raise ConfigError(f"{name}: expected a {cls.__name__}, got {type(getattr(cfg, name)).__name__}")
+    m, t = cfg.model, cfg.train
     if m.batch_group and t.batch_size % m.batch_group:
         raise ConfigError(
             f"model.batch_group ({m.batch_group}) must divide train.batch_size ({t.batch_size})"
         )
-    if m.embedding_dim is not None and m.embedding_dim > m.n_embd:
-        raise ConfigError(f"model.embedding_dim ({m.embedding_dim}) must be <= model.n_embd ({m.n_embd})")
-    if d.val_fraction + d.test_fraction >= 1.0:
-        raise ConfigError("data.val_fraction + data.test_fraction must be < 1")
-    if d.source == "url" and not d.url:
-        raise ConfigError("data.url is required when data.source is url")
-    if d.url is not None and urllib.parse.urlparse(d.url).scheme not in ("http", "https", "file"):
-        raise ConfigError(f"data.url: {d.url!r} is not an http, https or file URL")
-    if d.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", d.sha256):
-        raise ConfigError("data.sha256: expected 64 lowercase hex digits (the output of sha256sum)")
-    if cfg.tokenizer.type == "pretrained" and not cfg.tokenizer.path:
-        raise ConfigError("tokenizer.path is required when tokenizer.type is pretrained")
-    if t.min_lr > t.lr:
-        raise ConfigError(f"train.min_lr ({t.min_lr}) must be <= train.lr ({t.lr})")
 
 
 _ARCH_NORMS = {

@@ -230,3 +230,26 @@ def test_with_vocab_fills_the_vocabulary_in_one_place_and_leaves_the_original():
     filled = cfg.with_vocab(123)
     assert filled.model.vocab_size == 123 and cfg.model.vocab_size is None
     assert filled.model == cfg.model.with_vocab(123) and filled.train == cfg.train
+
+
+def test_each_section_validates_itself_and_cannot_be_changed_in_place():
+    """A section is checked when it is built, alone or through dataclasses.replace (which skipped the
+    cross-field checks when only Config validated), and it is frozen: a changed copy is checked again."""
+    import dataclasses
+
+    from albert_gpt.config import DataConfig, ModelConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"model.n_embd \(64\) must be divisible by model.n_heads \(5\)"):
+        ModelConfig(n_embd=64, n_heads=5)
+    with pytest.raises(ConfigError, match="model.n_groups"):
+        dataclasses.replace(ModelConfig(n_layers=6, n_groups=1), n_groups=4)
+    with pytest.raises(ConfigError, match="train.min_lr"):
+        TrainConfig(lr=1e-4, min_lr=1e-3)
+    with pytest.raises(ConfigError, match="data.url is required"):
+        DataConfig(source="url")
+    with pytest.raises(ConfigError, match="model.n_layers"):
+        ModelConfig(n_layers=0)
+    model = ModelConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.n_layers = 12  # type: ignore[misc]
+    assert model.with_vocab(65).vocab_size == 65 and model.vocab_size is None

@@ -83,9 +83,17 @@ def test_quiet_mode_logs_a_line_per_interval(tmp_path, caplog):
     assert any(line.startswith("step 10: val loss") and "unigram" in line for line in lines)
 
 
-def test_progress_bar_goes_to_stderr(tmp_path, capsys):
-    """log.progress true: a tqdm bar labelled 'train' reaching the last step is drawn on stderr."""
+def test_progress_bar_goes_to_stderr(tmp_path, capsys, monkeypatch):
+    """log.progress true on a terminal: a tqdm bar labelled 'train' reaching the last step is drawn on
+    stderr; on a stderr that is not a terminal (pytest's capture is not), no bar is drawn."""
+    from albert_gpt.training import progress
+
     train(tiny_config(tmp_path, train={"max_steps": 6}, eval={"interval": 0}, log={"progress": True}))
+    assert "6/6" not in capsys.readouterr().err
+    monkeypatch.setattr(progress, "interactive", lambda: True)
+    cfg = tiny_config(tmp_path, train={"max_steps": 6}, eval={"interval": 0}, log={"progress": True},
+                      run={"overwrite": True})
+    train(cfg)
     err = capsys.readouterr().err
     assert "train" in err and "6/6" in err
 
