@@ -11,8 +11,10 @@ import json
 import logging
 import os
 import sys
+import typing
 from pathlib import Path
 
+from albert_gpt.config import Device, DType
 from albert_gpt.errors import AlbertGPTError, ConfigError
 
 log = logging.getLogger("albert_gpt")
@@ -177,10 +179,10 @@ class _SubcommandsWithCommonFlags:
 
 
 def with_device_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
+    p.add_argument("--device", default=None, choices=typing.get_args(Device),
                    help="where to run (default: auto, this machine's GPU if it has one, else the CPU; "
                    "not the device the run was trained on)")
-    p.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
+    p.add_argument("--dtype", default=None, choices=typing.get_args(DType),
                    help="compute dtype (default: auto, bfloat16 where this device runs it fast, "
                    "else float32)")
 

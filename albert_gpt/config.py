@@ -47,9 +47,24 @@ InitScheme = Literal["gpt2", "normal", "torch"]
 Schedule = Literal["cosine", "linear", "constant", "inverse_sqrt"]
 
 
-def opt(default: Any, help: str, **constraints: Any) -> Any:
-    """A dataclass field with help text and validation constraints."""
-    return field(default=default, metadata={"help": help, **constraints})
+def opt(default: Any, help: str, notes: dict[str, str] | None = None, tail: str = "",
+        **constraints: Any) -> Any:
+    """A dataclass field with help text and validation constraints. For a `Literal[...]` field the help
+    lists its choices from the type itself (`field_help`): `notes` explain some of them, `tail`
+    follows."""
+    return field(default=default, metadata={"help": help, "notes": notes or {}, "tail": tail, **constraints})
+
+
+def field_help(f: dataclasses.Field, hint: Any) -> str:
+    """A field's help text; a Literal field's choices come from its type, in order, each with its note."""
+    help, notes, tail = f.metadata["help"], f.metadata.get("notes", {}), f.metadata.get("tail", "")
+    if typing.get_origin(hint) is not Literal:
+        return help
+    unknown = set(notes) - set(typing.get_args(hint))
+    if unknown:
+        raise ValueError(f"{f.name}: notes for choices it does not have: {sorted(unknown)}")
+    listed = " | ".join(f"{c} ({notes[c]})" if c in notes else str(c) for c in typing.get_args(hint))
+    return (f"{help}: {listed}" if help else listed) + (f"; {tail}" if tail else "")
 
 
 @dataclass(frozen=True)
@@ -59,15 +74,12 @@ class RunConfig:
     name: str = opt("run", "run directory name under out_dir (one plain folder name)", path_name=True)
     out_dir: str = opt("runs", "parent folder of run directories")
     seed: int = opt(1337, "one seed for init, data order and dropout", min=0, max=2**32 - 1)
-    device: Device = opt("auto", "auto (cuda if available) | cpu | cuda")
-    dtype: DType = opt(
-        "auto",
-        "auto (bfloat16 where the device runs it fast, else float32) | float32 | bfloat16 | float16"
-    )
+    device: Device = opt("auto", "", notes={"auto": "cuda if available"})
+    dtype: DType = opt("auto", "", notes={"auto": "bfloat16 where the device runs it fast, else float32"})
     compile: bool = opt(False, "wrap the model in torch.compile")
     threads: int = opt(0, "CPU threads for torch (0 = torch's default)", min=0, max=1024)
     overwrite: bool = opt(False, "allow training into an existing run directory, replacing it")
-    parallel: Parallel = opt("ddp", "multi-process strategy under torchrun: ddp | fsdp")
+    parallel: Parallel = opt("ddp", "multi-process strategy under torchrun")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -78,13 +90,14 @@ class ModelConfig:
     SECTION: ClassVar[str] = "model"
 
     arch: Arch = opt(
-        "transformer", "transformer (shared post-LN blocks) | lstm (a stacked LSTM LM) | conv (a causal "
-        "dilated-convolution LM); all three share the data, trainer, checkpoints and eval"
+        "transformer", "", notes={"transformer": "shared post-LN blocks", "lstm": "a stacked LSTM LM",
+                                  "conv": "a causal dilated-convolution LM"},
+        tail="all three share the data, trainer, checkpoints and eval",
     )
     n_layers: int = opt(6, "layer applications (depth)", min=1, max=MAX_DEPTH)
     n_groups: int = opt(1, "distinct blocks shared across depth (1 = all shared, n_layers = unshared)", min=1)
     sharing: Sharing = opt(
-        "all", "what the groups share: all | attention | ffn (the other sub-layer is per layer)"
+        "all", "what the groups share", notes={"ffn": "the other sub-layer is per layer"}
     )
     n_embd: int = opt(384, "hidden size H", min=1, max=MAX_WIDTH)
     n_heads: int = opt(6, "attention heads (must divide n_embd; transformer only)", min=1, max=MAX_WIDTH)
@@ -102,8 +115,8 @@ class ModelConfig:
     )
     bias: bool = opt(True, "biases in linear layers")
     norm: NormKind = opt(
-        "layernorm", "layernorm | rmsnorm | batchnorm | adaptive_layernorm | groupnorm | instancenorm | none "
-        "(lstm: layernorm, rmsnorm, batchnorm or none; groupnorm and instancenorm: conv only)"
+        "layernorm", "",
+        tail="lstm: layernorm, rmsnorm, batchnorm or none; groupnorm and instancenorm: conv only",
     )
     norm_groups: int = opt(8, "groupnorm: channel groups at each position (1 = LayerNorm)", min=1,
                            max=MAX_WIDTH)
@@ -112,25 +125,28 @@ class ModelConfig:
         "own norm gamma and beta, starting equal to the shared ones (transformer only)"
     )
     norm_placement: NormPlacement = opt(
-        "post", "post (x = LN(x + f(x))) | pre | deepnorm | none (transformer and conv blocks; an LSTM's "
-        "norms sit inside its cell)"
+        "post", "", notes={"post": "x = LN(x + f(x))"},
+        tail="transformer and conv blocks; an LSTM's norms sit inside its cell",
     )
     final_norm: bool = opt(
         True, "normalize the stream before the LM head (post-LN and DeepNorm blocks end in a norm "
         "already, so this adds one only for pre and none)"
     )
     lstm_norm_sites: LSTMNormSites = opt(
-        "all", "lstm: which terms the norm normalizes: all (input term, recurrent term, cell: Ba et al.'s "
-        "LN-LSTM) | input (the input term only)"
+        "all", "lstm: which terms the norm normalizes",
+        notes={"all": "input term, recurrent term, cell: Ba et al.'s LN-LSTM",
+               "input": "the input term only"},
     )
     batch_stats: BatchStats = opt(
-        "per_depth", "batchnorm in a shared block: per_depth (each application keeps its own running "
-        "statistics; gamma and beta stay shared) | shared (one set for every depth)"
+        "per_depth", "batchnorm in a shared block",
+        notes={"per_depth": "each application keeps its own running statistics; gamma and beta stay shared",
+               "shared": "one set for every depth"},
     )
     batch_axes: BatchAxes = opt(
-        "batch_time", "batchnorm's training statistics: batch_time (over every position of every sequence, "
-        "as BatchNorm is usually applied to sequences; a token sees later tokens through them) | batch "
-        "(causal: at each position over the batch only, with running statistics per position)"
+        "batch_time", "batchnorm's training statistics",
+        notes={"batch_time": "over every position of every sequence, as BatchNorm is usually applied to "
+               "sequences; a token sees later tokens through them",
+               "batch": "causal: at each position over the batch only, with running statistics per position"},
     )
     batch_group: int = opt(
         0, "batchnorm with batch_axes batch: ghost batches of this many sequences, each with its own "
@@ -139,13 +155,15 @@ class ModelConfig:
     norm_affine: bool = opt(True, "learnable gamma and beta in the norms")
     norm_eps: float = opt(1e-5, "epsilon inside the square root of the norms", min_exclusive=0.0)
     norm_impl: NormImpl = opt(
-        "fused", "fused (torch.nn.functional.layer_norm) | reference (the written-out formula)"
+        "fused", "", notes={"fused": "torch.nn.functional.layer_norm", "reference": "the written-out formula"}
     )
     init_std: float = opt(0.02, "std of the normal init of weights", min_exclusive=0.0)
     init_scheme: InitScheme = opt(
-        "gpt2", "gpt2 (N(0, init_std), residual output projections scaled down with depth) | normal "
-        "(N(0, init_std) everywhere, nothing scaled with depth) | torch (each layer's own PyTorch default: "
-        "fan-in uniform for linear, conv and LSTM weights, N(0, 1) embeddings)"
+        "gpt2", "",
+        notes={"gpt2": "N(0, init_std), residual output projections scaled down with depth",
+               "normal": "N(0, init_std) everywhere, nothing scaled with depth",
+               "torch": "each layer's own PyTorch default: fan-in uniform for linear, conv and LSTM weights, "
+               "N(0, 1) embeddings"},
     )
     conv_kernel_size: int = opt(3, "conv: taps of each causal convolution", min=2, max=MAX_CONTEXT)
     conv_dilation_cycle: int = opt(
@@ -179,7 +197,7 @@ class DataConfig:
     SECTION: ClassVar[str] = "data"
 
     source: DataSource = opt(
-        "builtin", "builtin (Python's docs, offline) | files | hub | url (one file, downloaded once)"
+        "builtin", "", notes={"builtin": "Python's docs, offline", "url": "one file, downloaded once"}
     )
     path: str | None = opt(
         None, "files: a file, directory or glob; hub: the dataset's hub name or a local copy; url: a local "
@@ -220,7 +238,7 @@ class DataConfig:
     val_fraction: float = opt(0.05, "share of documents held out for validation", min=0.0, max=0.5)
     test_fraction: float = opt(0.05, "share of documents held out for test", min=0.0, max=0.5)
     encoding_errors: EncodingErrors = opt(
-        "replace", "invalid UTF-8: replace (and report the count) | strict (refuse)"
+        "replace", "invalid UTF-8", notes={"replace": "and report the count", "strict": "refuse"}
     )
     cache_dir: str = opt("data_cache", "where tokenized corpora are cached")
 
@@ -240,7 +258,7 @@ class DataConfig:
 class TokenizerConfig:
     SECTION: ClassVar[str] = "tokenizer"
 
-    type: TokenizerType = opt("bpe", "bpe (byte-level, trained) | char | pretrained")
+    type: TokenizerType = opt("bpe", "", notes={"bpe": "byte-level, trained"})
     vocab_size: int = opt(4096, "bpe: target vocabulary size", min=260, max=4_294_967_295)
     min_frequency: int = opt(2, "bpe: minimum pair frequency for a merge", min=1)
     train_max_bytes: int = opt(
@@ -268,7 +286,7 @@ class TrainConfig:
     max_tokens: int | None = opt(None, "stop after this many training tokens (overrides max_steps)", min=1)
     lr: float = opt(1e-3, "peak learning rate", min_exclusive=0.0)
     min_lr: float = opt(1e-4, "learning-rate floor of the schedule", min=0.0)
-    schedule: Schedule = opt("cosine", "cosine | linear | constant | inverse_sqrt (each after linear warmup)")
+    schedule: Schedule = opt("cosine", "", tail="each after linear warmup")
     warmup_steps: int = opt(100, "linear warmup steps", min=0)
     weight_decay: float = opt(
         0.1, "AdamW decay on weight matrices (never norms, biases, embeddings)", min=0.0
@@ -580,5 +598,5 @@ def key_table() -> list[tuple[str, str, str]]:
     for name, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             default = yaml.safe_dump(f.default, default_flow_style=True).strip().removesuffix("...").strip()
-            rows.append((f"{name}.{f.name}", default, f.metadata["help"]))
+            rows.append((f"{name}.{f.name}", default, field_help(f, _field_types(cls)[f.name])))
     return rows

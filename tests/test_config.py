@@ -253,3 +253,33 @@ def test_each_section_validates_itself_and_cannot_be_changed_in_place():
     with pytest.raises(dataclasses.FrozenInstanceError):
         model.n_layers = 12  # type: ignore[misc]
     assert model.with_vocab(65).vocab_size == 65 and model.vocab_size is None
+
+
+def test_a_literal_keys_help_lists_its_choices_from_its_type():
+    """The choices in the key table come from the Literal itself, in order, with their notes; a note for a
+    choice the type does not have is refused, and the CLI's --device/--dtype offer the same choices."""
+    import dataclasses
+    import typing
+
+    from albert_gpt.cli import build_parser
+    from albert_gpt.config import SECTIONS, _field_types, field_help, key_table, opt
+
+    rows = {key: help for key, _, help in key_table()}
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            hint = _field_types(cls)[f.name]
+            if typing.get_origin(hint) is typing.Literal:
+                help = rows[f"{name}.{f.name}"]
+                listed = [part.split(" (")[0].split(";")[0].split(": ")[-1] for part in help.split(" | ")]
+                assert listed == list(typing.get_args(hint)), (name, f.name, help)
+    assert rows["run.device"] == "auto (cuda if available) | cpu | cuda"
+
+    @dataclasses.dataclass
+    class Bad:
+        kind: typing.Literal["a", "b"] = opt("a", "kind", notes={"c": "not a choice"})
+
+    with pytest.raises(ValueError, match="notes for choices it does not have"):
+        field_help(dataclasses.fields(Bad)[0], typing.Literal["a", "b"])
+    evaluate = build_parser()._subparsers._group_actions[0].choices["eval"]
+    dtype = next(a for a in evaluate._actions if a.dest == "dtype")
+    assert tuple(dtype.choices) == typing.get_args(_field_types(SECTIONS["run"])["dtype"])
