@@ -13,6 +13,7 @@ import os
 import sys
 import typing
 from pathlib import Path
+from typing import Any
 
 from albert_gpt.config import Device, DType
 from albert_gpt.errors import AlbertGPTError, ConfigError
@@ -174,7 +175,7 @@ class _SubcommandsWithCommonFlags:
     def __init__(self, action: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
         self.action, self.common = action, common
 
-    def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
         return self.action.add_parser(name, parents=[self.common], **kwargs)
 
 

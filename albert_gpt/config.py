@@ -364,7 +364,7 @@ SECTIONS: dict[str, type] = {
 # ---------------------------------------------------------------- reading
 
 @functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
+def _field_types(cls: Any) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
@@ -528,7 +528,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def check_fields(section: Any) -> None:
     """Each field of a section against its type and bounds (ConfigError naming section.key)."""
-    hints = _field_types(type(section))
+    hints = _field_types(section.__class__)
     for f in dataclasses.fields(section):
         check_field(f"{section.SECTION}.{f.name}", f, hints[f.name], getattr(section, f.name))
 

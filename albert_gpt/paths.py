@@ -144,7 +144,7 @@ def only(folder: Path, allowed: Collection[str] | Callable[[str], bool]) -> bool
 def own_temp_file(path: Path) -> bool:
     """Proof for a file named as atomic_file names its temporaries, whose writer is gone."""
     match = _TEMP_NAME.match(Path(path).name)
-    return bool(match) and Path(path).is_file() and not pid_alive(int(match["pid"]))
+    return match is not None and Path(path).is_file() and not pid_alive(int(match["pid"]))
 
 
 def pid_alive(pid: int) -> bool:
@@ -159,7 +159,7 @@ def pid_alive(pid: int) -> bool:
 
 def sweep_temp_files(folder: Path) -> list[Path]:
     """Delete the temporary files atomic_file left in `folder` when its process was killed; returns them."""
-    swept = []
+    swept: list[Path] = []
     folder = Path(folder)
     if folder.is_symlink() or not folder.is_dir():
         return swept

@@ -30,8 +30,13 @@ def _type_name(tp: Any) -> str:
 _SHOWN = reprlib.Repr()
 _SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxtuple, _SHOWN.maxdict, _SHOWN.maxset = 3, 4, 4, 4, 4
 _SHOWN.maxstring, _SHOWN.maxother = 60, 60
-_SHOWN.repr_int = lambda value, level: (  # repr of a huge int is slow (and refused past 4,300 digits)
-    repr(value) if value.bit_length() <= 200 else f"<integer of {value.bit_length():,} bits>")
+
+
+def _repr_int(value: int, level: int) -> str:  # repr of a huge int is slow (and refused past 4,300 digits)
+    return repr(value) if value.bit_length() <= 200 else f"<integer of {value.bit_length():,} bits>"
+
+
+setattr(_SHOWN, "repr_int", _repr_int)  # noqa: B010 (an instance attribute, as reprlib documents)
 
 
 def short_repr(value: Any) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def capture_rng_state() -> dict[str, Any]:
     """Every global generator's state, in a form torch.load(weights_only=True) accepts."""
     version, internal, gauss_next = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = cast(tuple, np.random.get_state())  # the legacy tuple form
     return {
         "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
                    "gauss": gauss_next},

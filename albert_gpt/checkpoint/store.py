@@ -367,13 +367,22 @@ def _update_best(root: Path) -> None:
             _write_pointer(root, "best", best)
 
 
+def _step_of(path: Path) -> int:
+    """The step of a checkpoint folder named as list_checkpoints lists them."""
+    match = _STEP_DIR.match(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not a checkpoint folder")
+    return int(match.group(1))
+
+
 def _rotate(root: Path, newest: Path, keep: int) -> None:
     best = _read_pointer(root, "best")
-    step = int(_STEP_DIR.match(newest.name).group(1))
-    older, later = [], []
+    step = _step_of(newest)
+    older: list[Path] = []
+    later: list[Path] = []
     for path in list_checkpoints(root.parent):
         if path != newest and path.name != best:
-            (later if int(_STEP_DIR.match(path.name).group(1)) > step else older).append(path)
+            (later if _step_of(path) > step else older).append(path)
     # Later steps than the one just written belong to a continuation that was abandoned (the run
     # resumed from an earlier checkpoint); left in place they would shadow the new one on fallback.
     for path in later + older[: max(0, len(older) - (keep - 1))]:

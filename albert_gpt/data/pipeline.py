@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,7 +167,7 @@ def _build(cfg: Config, source: SourceDocs, out: Path, fp: str, progress: bool) 
     return _meta(cfg, source, splits.method, tokenizer, per_split, t1 - t0, t2 - t1, fp)
 
 
-def _pack_splits(documents: dict[str, Iterable[Document]], tokenizer: TextTokenizer, out: Path,
+def _pack_splits(documents: Mapping[str, Iterable[Any]], tokenizer: TextTokenizer, out: Path,
                  separate: bool, progress: bool, description: str) -> dict[str, dict[str, Any]]:
     dtype = cache.token_dtype(tokenizer.vocab_size)
     per_split = {}

@@ -12,10 +12,9 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
-
-from albert_gpt.data.batches import RandomWindowSampler
 
 _POLL_S = 0.1  # how often a blocked producer checks whether it was closed
 
@@ -29,7 +28,7 @@ class BatchPrefetcher:
     At most `depth` batches wait in the queue. An error while fetching is raised by `get`.
     """
 
-    def __init__(self, sampler: RandomWindowSampler, accum_steps: int, start_step: int, end_step: int,
+    def __init__(self, sampler: Any, accum_steps: int, start_step: int, end_step: int,
                  pin: bool, depth: int = 2) -> None:
         self._sampler, self._accum_steps, self._pin = sampler, accum_steps, pin
         self._start, self._end = start_step, end_step
@@ -94,7 +93,7 @@ FetchFn = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]  # (step, micr
 
 
 @contextlib.contextmanager
-def batch_source(sampler: RandomWindowSampler, accum_steps: int, start_step: int, end_step: int,
+def batch_source(sampler: Any, accum_steps: int, start_step: int, end_step: int,
                  device: torch.device) -> Iterator[FetchFn]:
     """fetch(step, micro) for the training loop: prefetched and pinned on CUDA, fetched in place elsewhere.
 

@@ -11,7 +11,7 @@ import contextlib
 import glob
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ _SAVED_DATASET_MARKERS = ("dataset_dict.json", "state.json")  # written by datas
 
 @dataclass
 class SourceDocs:
-    splits: dict[str, Iterable[Document]]  # "train" always; "val" / "test" when the source defines them
+    splits: Mapping[str, Iterable[Document]]  # "train" always; "val" / "test" when the source defines them
     description: str
     notes: list[str] = field(default_factory=list)
     counts: DecodeCounts = field(default_factory=DecodeCounts)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -27,12 +28,15 @@ SPLITS = ("train", "val", "test")
 _FIB = 2654435769  # round(2**32 / phi): Knuth's multiplicative hashing constant
 
 
-def unit_position(i: int | np.ndarray) -> float | np.ndarray:
+def unit_position(i: int) -> float:
     """u_i in [0, 1) for document position i (exact integer arithmetic, the same on every machine)."""
-    if isinstance(i, np.ndarray):
-        # uint64 products wrap modulo 2**64, a multiple of 2**32, so the result is still exact
-        return ((i.astype(np.uint64) + 1) * np.uint64(_FIB) % np.uint64(2**32)) / 2**32
     return ((i + 1) * _FIB % 2**32) / 2**32
+
+
+def unit_positions(n: int) -> np.ndarray:
+    """unit_position of 0 .. n-1 at once (uint64 products wrap modulo 2**64, a multiple of 2**32, so the
+    result is still exact)."""
+    return ((np.arange(n).astype(np.uint64) + 1) * np.uint64(_FIB) % np.uint64(2**32)) / 2**32
 
 
 def _label(u: float, carve: list[tuple[str, float]]) -> str:
@@ -93,7 +97,7 @@ def make_splits(source: SourceDocs, val_fraction: float, test_fraction: float) -
 
 def _counts(n: int, carve: list[tuple[str, float]]) -> dict[str, int]:
     """Documents per split under the position rule; {} when train would be left empty."""
-    u = unit_position(np.arange(n))
+    u = unit_positions(n)
     counts, edge = {}, 0.0
     for name, fraction in carve:
         counts[name] = int(np.count_nonzero((u >= edge) & (u < edge + fraction)))
@@ -130,7 +134,7 @@ def split_by_position(docs: Iterable[Document], carve: list[tuple[str, float]],
         position += total * fraction
     bounds = [0, *cuts, total]
     names = ["train"] + [name for name, _ in carve]
-    parts: dict[str, list[Document]] = {name: [] for name in names}
+    parts: dict[str, list[Any]] = {name: [] for name in names}  # text, or DocumentPart of a file
     for doc, start, length in zip(docs, starts, lengths):
         for name, lo, hi in zip(names, bounds, bounds[1:]):
             lo, hi = max(lo - start, 0), min(max(hi - start, 0), length)

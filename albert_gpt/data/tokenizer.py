@@ -193,7 +193,7 @@ class TextTokenizer:
             backend = CharVocab.from_spec(json.loads(state["json"]))
         if backend is None:
             backend = Tokenizer.from_str(state["json"])
-        self.__init__(backend, state["eot_token"])
+        TextTokenizer.__init__(self, backend, state["eot_token"])
 
 
 def _guess_eot(backend: Tokenizer, spec: dict, path: Path) -> str:

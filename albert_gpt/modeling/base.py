@@ -24,6 +24,8 @@ Tracer = Callable[[int, str, torch.Tensor], None]
 def padded_vocab_size(cfg: ModelConfig) -> int:
     """Rows of the embedding table: vocab_size rounded up to pad_vocab_multiple."""
     m = cfg.pad_vocab_multiple
+    if cfg.vocab_size is None:
+        raise ConfigError("model.vocab_size is not set (take it from the tokenizer before building)")
     return -(-cfg.vocab_size // m) * m
 
 
@@ -36,8 +38,9 @@ def torch_default_init(model: nn.Module) -> None:
     """`model.init_scheme: torch`: every layer takes PyTorch's own default init (its reset_parameters), the
     scale convolutional and recurrent networks are usually trained from; norms too (ones and zeros)."""
     for m in model.modules():
-        if m is not model and hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+        reset = getattr(m, "reset_parameters", None)
+        if m is not model and callable(reset):
+            reset()
 
 
 def group_of_depth(cfg: ModelConfig) -> list[int]:
@@ -56,6 +59,12 @@ class CausalLM(nn.Module):
 
     cfg: ModelConfig
     vocab_size: int
+    tok_emb: nn.Embedding
+    emb_proj: nn.Linear | None
+    head_proj: nn.Linear | None
+    final_norm: nn.Module
+    blocks: nn.ModuleList
+    schedule: list[int]
 
     def _build_embeddings_and_head(self, cfg: ModelConfig) -> None:
         """The parts every family shares, built first: the token embedding (E = embedding_dim; E < H adds

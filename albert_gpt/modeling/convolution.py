@@ -20,6 +20,7 @@ Shapes: B batch, T tokens, H channels (= hidden size), k kernel taps.
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ from albert_gpt.modeling.block import (
     residual_sublayer,
     sublayer_points,
 )
-from albert_gpt.modeling.norms import NORM_TYPES, build_norm
+from albert_gpt.modeling.norms import build_norm, reset_norms
 from albert_gpt.modeling.wiring import needs_final_norm, wiring
 
 _POINTS = sublayer_points("conv")
@@ -115,7 +116,7 @@ class ConvLM(CausalLM):
                 nn.init.zeros_(m.bias)
         w = wiring(self.cfg)
         with torch.no_grad():
-            for block in self.blocks:
+            for block in cast(list[ConvBlock], list(self.blocks)):
                 # DeepNet's beta on the branch, as on the FFN; unlike the transformer's, also under
                 # `init_scheme: normal` (claim j's DeepNorm arm was measured so).
                 if w.beta is not None:
@@ -123,9 +124,7 @@ class ConvLM(CausalLM):
                     nn.init.normal_(block.branch.proj.weight, mean=0.0, std=std * w.beta)
                     continue
                 nn.init.normal_(block.branch.proj.weight, mean=0.0, std=std * w.branch_scale(self.cfg, 1))
-        for m in self.modules():
-            if isinstance(m, NORM_TYPES):
-                m.reset_parameters()
+        reset_norms(self)
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, tracer: Tracer | None = None,

@@ -84,8 +84,9 @@ def count_parameters(model: CausalLM) -> dict[str, Any]:
     rows = [_row(f"token embedding ({model.tok_emb.num_embeddings} x {E})", _numel(model.tok_emb))]
     if model.emb_proj is not None:
         rows.append(_row(f"embedding projection ({E} -> {cfg.n_embd})", _numel(model.emb_proj)))
-    if getattr(model, "pos_emb", None) is not None:
-        rows.append(_row(f"position embedding ({cfg.block_size} x {cfg.n_embd})", _numel(model.pos_emb)))
+    pos_emb = getattr(model, "pos_emb", None)  # the transformer's; the conv and LSTM LMs have none
+    if pos_emb is not None:
+        rows.append(_row(f"position embedding ({cfg.block_size} x {cfg.n_embd})", _numel(pos_emb)))
     rows += _block_rows(model)
     if _numel(model.final_norm):
         rows.append(_row("final norm", _numel(model.final_norm)))

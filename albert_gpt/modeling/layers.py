@@ -31,7 +31,7 @@ class KVCache:
         end = self.length + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
-        if self.k is None:
+        if self.k is None or self.v is None:
             shape = (k.size(0), k.size(1), self.max_len, k.size(3))
             self.k = k.new_empty(shape)
             self.v = v.new_empty(shape)

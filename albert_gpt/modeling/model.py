@@ -15,7 +15,7 @@ from albert_gpt.config import ModelConfig
 from albert_gpt.errors import ConfigError
 from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, padded_vocab_size, torch_default_init
 from albert_gpt.modeling.layers import CausalSelfAttention, FeedForward, KVCache
-from albert_gpt.modeling.norms import NORM_TYPES, build_norm
+from albert_gpt.modeling.norms import build_norm, reset_norms
 from albert_gpt.modeling.sharing import build_stack
 from albert_gpt.modeling.wiring import needs_final_norm, wiring
 
@@ -72,8 +72,7 @@ class AlbertGPT(CausalLM):
                     nn.init.normal_(m.proj.weight, mean=0.0, std=scaled)
                     if deepnorm:
                         nn.init.normal_(m.fc.weight, mean=0.0, std=scaled)
-                elif isinstance(m, NORM_TYPES):
-                    m.reset_parameters()
+        reset_norms(self)
 
     def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
         """(B, T) token ids at positions start .. start+T-1 -> (B, T, H)."""

@@ -5,6 +5,8 @@ Shapes: B batch, T time (tokens), H features (the normalized dimension).
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +31,7 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if affine else None  # beta
 
     def reset_parameters(self) -> None:
-        if self.weight is not None:
+        if self.weight is not None and self.bias is not None:
             nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
 
@@ -45,7 +47,7 @@ class LayerNorm(nn.Module):
         mu = x32.mean(dim=-1, keepdim=True)  # (B, T, 1)
         var = ((x32 - mu) ** 2).mean(dim=-1, keepdim=True)  # biased, (B, T, 1)
         y = (x32 - mu) / torch.sqrt(var + self.eps)
-        if self.weight is not None:
+        if self.weight is not None and self.bias is not None:
             y = self.weight * y + self.bias
         return y.to(x.dtype)
 
@@ -111,6 +113,9 @@ class SequenceBatchNorm(nn.Module):
 
 
 class CausalBatchNorm(nn.Module):
+    running_mean: torch.Tensor  # (positions, H) buffers
+    running_var: torch.Tensor
+
     """BatchNorm for (B, T, H) sequences that never looks at a later position: in train mode each
     position takes its mean and variance over the sequences of the batch at that position only (or over
     ghost batches of `group` sequences), and keeps running statistics per position, as Cooijmans et al.
@@ -131,7 +136,7 @@ class CausalBatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(positions, dim))
 
     def reset_parameters(self) -> None:
-        if self.weight is not None:
+        if self.weight is not None and self.bias is not None:
             nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
         self.running_mean.zero_()
@@ -145,7 +150,7 @@ class CausalBatchNorm(nn.Module):
             y = self._train(x, valid, at, mean, var)
         else:
             y = (x - mean) / torch.sqrt(var + self.eps)
-        if self.weight is not None:
+        if self.weight is not None and self.bias is not None:
             y = y * self.weight + self.bias
         return y if valid is None else y * valid[..., None].to(y.dtype)
 
@@ -220,7 +225,7 @@ class _GainAndBias(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if affine else None
 
     def reset_parameters(self) -> None:
-        if self.weight is not None:
+        if self.weight is not None and self.bias is not None:
             nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
 
@@ -255,7 +260,7 @@ class CausalInstanceNorm(_GainAndBias):
         mean = x32.cumsum(dim=1) / count
         var = (x32.square().cumsum(dim=1) / count - mean.square()).clamp_min(0.0)  # biased, (B, T, H)
         y = (x32 - mean) / torch.sqrt(var + self.eps)
-        if self.weight is not None:
+        if self.weight is not None and self.bias is not None:
             y = self.weight * y + self.bias
         return y.to(x.dtype)
 
@@ -267,6 +272,14 @@ class CausalInstanceNorm(_GainAndBias):
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     LayerNorm, RMSNorm, SequenceBatchNorm, CausalBatchNorm, AdaptiveLayerNorm, GroupNorm, CausalInstanceNorm
 )
+
+
+def reset_norms(model: nn.Module) -> None:
+    """Every norm of `model` back to its own default (gains 1, biases 0, fresh running statistics): the
+    last step of each family's init."""
+    for m in model.modules():
+        if isinstance(m, NORM_TYPES):
+            cast(Any, m).reset_parameters()  # every norm type defines it
 
 
 def build_norm(cfg: ModelConfig, dim: int | None = None) -> nn.Module:

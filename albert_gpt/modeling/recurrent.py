@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ from torch import nn
 from albert_gpt.config import ModelConfig
 from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, torch_default_init
 from albert_gpt.modeling.block import ignore_trace
-from albert_gpt.modeling.norms import BATCH_NORMS, NORM_TYPES, CausalBatchNorm, build_norm
+from albert_gpt.modeling.norms import BATCH_NORMS, CausalBatchNorm, build_norm, reset_norms
 
 State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each (B, H)
 
@@ -135,10 +136,8 @@ class LSTMLM(CausalLM):
             if isinstance(block, TorchLSTMLayer):
                 block.lstm.reset_parameters()
             else:
-                block.reset_parameters()
-        for m in self.modules():
-            if isinstance(m, NORM_TYPES):
-                m.reset_parameters()
+                cast(Any, block).reset_parameters()  # a LayerNormLSTM layer
+        reset_norms(self)
 
     def run_layers(
         self, idx: torch.Tensor, states: list[State] | None = None, tracer: Tracer | None = None,

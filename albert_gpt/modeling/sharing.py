@@ -26,11 +26,11 @@ def build_stack(cfg: ModelConfig) -> tuple[nn.ModuleList, list[int]]:
     if cfg.sharing == "all":
         return nn.ModuleList(Block(cfg) for _ in range(cfg.n_groups)), groups
     if cfg.sharing == "attention":
-        shared = [(CausalSelfAttention(cfg), make_norm(cfg)) for _ in range(cfg.n_groups)]
-        blocks = [Block(cfg, attn=shared[g][0], attn_norm=shared[g][1]) for g in groups]
+        attns = [(CausalSelfAttention(cfg), make_norm(cfg)) for _ in range(cfg.n_groups)]
+        blocks = [Block(cfg, attn=attns[g][0], attn_norm=attns[g][1]) for g in groups]
     else:  # "ffn" (the config allows nothing else)
-        shared = [(FeedForward(cfg), make_norm(cfg)) for _ in range(cfg.n_groups)]
-        blocks = [Block(cfg, ffn=shared[g][0], ffn_norm=shared[g][1]) for g in groups]
+        ffns = [(FeedForward(cfg), make_norm(cfg)) for _ in range(cfg.n_groups)]
+        blocks = [Block(cfg, ffn=ffns[g][0], ffn_norm=ffns[g][1]) for g in groups]
     return nn.ModuleList(blocks), list(range(cfg.n_layers))
 
 

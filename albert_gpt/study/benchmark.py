@@ -109,7 +109,7 @@ class Variant:
     device: torch.device
     dtype: torch.dtype
     model: CausalLM
-    forward_model: torch.nn.Module
+    forward_model: Callable[..., Any]
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     sampler: RandomWindowSampler

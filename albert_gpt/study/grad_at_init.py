@@ -17,7 +17,7 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -49,14 +49,16 @@ def ffn_out_grad_norms(model: AlbertGPT, x: torch.Tensor, y: torch.Tensor) -> li
     """
     model.zero_grad(set_to_none=True)
     model(x, y)[1].backward()
-    return [torch.linalg.vector_norm(model.blocks[i].ffn.proj.weight.grad).item() for i in model.schedule]
+    blocks: list[Any] = list(model.blocks)  # Blocks (an nn.ModuleList types them as Module)
+    return [torch.linalg.vector_norm(blocks[i].ffn.proj.weight.grad).item() for i in model.schedule]
 
 
 def unscale_residual_init(model: AlbertGPT) -> None:
     """Redraw the residual output projections with plain N(0, init_std), undoing the model's
     1/sqrt(2N) depth scaling: the depth-independent init that Xiong et al. 2020 analyse."""
     with torch.no_grad():
-        for block in model.blocks:
+        blocks: list[Any] = list(model.blocks)
+        for block in blocks:
             for proj in (block.attn.proj, block.ffn.proj):
                 proj.weight.normal_(0.0, model.cfg.init_std)
 
@@ -90,7 +92,7 @@ def gradients_at_init(
     for init, placement, sharing in itertools.product(inits, placements, ("shared", "unshared")):
         for n_layers in depths:
             model_cfg = dataclasses.replace(
-                cfg.model, vocab_size=vocab, n_layers=n_layers, norm_placement=placement,
+                cfg.model, vocab_size=vocab, n_layers=n_layers, norm_placement=cast(Any, placement),
                 n_groups=1 if sharing == "shared" else n_layers, sharing="all", dropout=0.0,
             )
             last, total, per_layer = [], [], []
@@ -106,7 +108,8 @@ def gradients_at_init(
                     last.append(norms[-1])
                     per_layer.append(norms)
                     if sharing == "shared":
-                        summed = sum(copy.blocks[i].ffn.proj.weight.grad for i in copy.schedule)
+                        blocks: list[Any] = list(copy.blocks)
+                        summed = sum(blocks[i].ffn.proj.weight.grad for i in copy.schedule)
                         total.append(torch.linalg.vector_norm(summed).item())
             rows.append({
                 "init": init, "placement": placement, "sharing": sharing, "n_layers": n_layers,

@@ -26,7 +26,7 @@ def resolve_vocab(cfg: Config) -> tuple[int, str | None]:
         return CHAR_VOCAB, f"assumed {CHAR_VOCAB} for a char tokenizer (the corpus decides the real size)"
     from tokenizers import Tokenizer
 
-    path = Path(tok.path)
+    path = Path(tok.path or "")
     if not path.is_file():
         raise ConfigError(f"tokenizer.path: file not found: {path}")
     try:

@@ -94,7 +94,7 @@ def _key(cell: dict[str, Any], axes: list[str]) -> str:
 def _aggregate(cells: list[dict[str, Any]], value: str) -> str:
     # A diverged run's last finite loss can be astronomically large; it would swamp the mean.
     numbers = [c[value] for c in cells if c.get("status") != "diverged" and _finite(c.get(value))]
-    letters = "".join(STATUS_LETTER.get(c.get("status"), "?") for c in cells)
+    letters = "".join(STATUS_LETTER.get(str(c.get("status")), "?") for c in cells)
     if not numbers:
         return f"– {letters}"
     mean = statistics.fmean(numbers)
@@ -117,7 +117,10 @@ def pivot(summary: dict[str, Any]) -> tuple[list[str], list[str], list[str]] | N
 
 def pivot_table(summary: dict[str, Any], value: str) -> str:
     """rows x cols of `value`: mean ± std over the other axes, with status letters."""
-    rows, cols, _ = pivot(summary)
+    axes = pivot(summary)
+    if axes is None:
+        raise ValueError("a pivot table needs a sweep of at least two axes")
+    rows, cols, _ = axes
     cells = summary["cells"]
     row_keys, col_keys = _ordered(cells, rows), _ordered(cells, cols)
     table = []
@@ -288,8 +291,8 @@ def plot_depth_profiles(plt: Any, summary: dict[str, Any], runs: Path, path: Pat
             if not series:
                 continue
             depth = range(max(len(s) for s in series))
-            mean = [statistics.fmean([s[d] for s in series if d < len(s) and s[d] is not None] or [math.nan])
-                    for d in depth]
+            mean = [statistics.fmean([v for s in series if d < len(s) and (v := s[d]) is not None]
+                                     or [math.nan]) for d in depth]
             ax.plot(list(depth), mean, marker="os^vD<>ph*"[i % 10], ms=3, lw=1, color=f"C{i}", label=group)
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("depth (layer application)", fontsize=7)

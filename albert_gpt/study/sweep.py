@@ -244,7 +244,7 @@ def summarize_run(run_dir: Path, error: str | None = None) -> dict[str, Any]:
     unigram_ppl = [v for _, v in curves.get("val/unigram_perplexity", []) if _finite(v)]
     skipped = [v for _, v in curves.get("train/skipped_steps", []) if _finite(v)]
     finite_val = [v for _, v in val if _finite(v)]
-    result = {
+    result: dict[str, Any] = {
         "steps": max((s for s, _ in train + val), default=0),
         "final_train_loss": train[-1][1] if train else None,
         "final_val_loss": val[-1][1] if val else None,

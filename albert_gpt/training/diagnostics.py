@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -178,7 +179,7 @@ def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor | None:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
-def parameter_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+def parameter_statistics(model: Any) -> dict[str, torch.Tensor]:
     """Gradient norm of every distinct parameter group, and the norms of gamma / beta.
 
     Groups are the distinct modules: `block_{g}` is model.blocks[g], and its parts are its child

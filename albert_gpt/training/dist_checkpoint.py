@@ -34,15 +34,16 @@ def _resharded(model: nn.Module) -> nn.Module:
     """FSDP leaves the root's parameters gathered after a forward pass without backward (evaluation,
     generation); the state-dict functions expect the sharded parameters the optimizer holds."""
     for module in model.modules():
-        if hasattr(module, "reshard"):
-            module.reshard()
+        reshard = getattr(module, "reshard", None)  # an FSDP2 module
+        if callable(reshard):
+            reshard()
     return model
 
 
-def _state_dict_options(**kwargs: bool) -> Any:
+def _state_dict_options(cpu_offload: bool = False, strict: bool = True) -> Any:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, **kwargs)
+    return StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload, strict=strict)
 
 
 def model_state_for_checkpoint(model: nn.Module, info: DistInfo) -> dict[str, torch.Tensor] | None:
@@ -52,7 +53,8 @@ def model_state_for_checkpoint(model: nn.Module, info: DistInfo) -> dict[str, to
         return None
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(_resharded(model), options=_state_dict_options(cpu_offload=True))
+    state: Any = get_model_state_dict(_resharded(model), options=_state_dict_options(cpu_offload=True))
+    return state  # tensors: a model's state dict holds nothing else
 
 
 def optimizer_state_for_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -64,7 +66,7 @@ def optimizer_state_for_checkpoint(model: nn.Module, optimizer: torch.optim.Opti
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     options = _state_dict_options(cpu_offload=True)
-    full = get_optimizer_state_dict(_resharded(model), optimizer, options=options)
+    full: Any = get_optimizer_state_dict(_resharded(model), optimizer, options=options)
     if not info.is_main:
         return {}
     ids: dict[str, int] = {}
@@ -117,7 +119,7 @@ def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sta
     saved = [i for group in state["param_groups"] for i in group["params"]]
     if len(saved) != len(order):
         raise CheckpointError(f"optimizer state holds {len(saved)} parameters, the model has {len(order)}")
-    full = {
+    full: Any = {
         "state": {order[i]: value for i, value in state["state"].items()},
         "param_groups": [{**g, "params": [order[i] for i in g["params"]]} for g in state["param_groups"]],
     }

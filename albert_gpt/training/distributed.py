@@ -15,7 +15,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -128,7 +128,7 @@ def seed_rank(seed: int, info: DistInfo) -> None:
 
 # ---------------------------------------------------------------- wrapping
 
-def shard_units(model: nn.Module) -> list[nn.Module]:
+def shard_units(model: Any) -> list[nn.Module]:
     """The modules FSDP shards separately: each distinct block, or, when blocks share a sub-layer
     (model.sharing attention | ffn), each distinct attention and FFN module, since one parameter
     can belong to only one FSDP unit. Whatever is left (embeddings, shared norms) goes to the root."""
@@ -179,11 +179,12 @@ def grad_sync(model: nn.Module, sync: bool) -> Iterator[None]:
         with inner.no_sync():
             yield
     elif hasattr(inner, "set_requires_gradient_sync"):  # an FSDP2 module
-        inner.set_requires_gradient_sync(False)
+        fsdp = cast(Any, inner)
+        fsdp.set_requires_gradient_sync(False)
         try:
             yield
         finally:
-            inner.set_requires_gradient_sync(True)
+            fsdp.set_requires_gradient_sync(True)
     else:
         yield
 

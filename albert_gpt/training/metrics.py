@@ -141,7 +141,7 @@ class MetricsLogger:
         if resume_step is not None:
             truncate_metrics(self.path, resume_step)
         self._file = open_append(self.path)  # never through a link; closed in close()
-        self.writer = None
+        self.writer: Any = None  # a SummaryWriter (imported on first use)
         if tensorboard:
             # Imported here: TensorBoard pulls in a lot, and tensorboard: false should not pay for it.
             from torch.utils.tensorboard import SummaryWriter

@@ -56,7 +56,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     LM head shares the embedding's Parameter object, so it is excluded with it.
     """
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay, seen = [], [], set()
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    seen: set[int] = set()
     for p in model.parameters():  # parameters() already yields a shared tensor once
         if not p.requires_grad or id(p) in seen:
             continue

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from types import FrameType
+from typing import Any
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # torchrun forwards the signal it receives to its workers, which a Ctrl-C has already reached:
@@ -22,7 +23,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self.signum: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
         self._first_at = 0.0
 
     @property

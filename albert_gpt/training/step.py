@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ class StepResult:
 
 
 def train_step(
-    model: nn.Module,
+    model: Any,  # the model, its DDP/FSDP wrapper, or torch.compile of either
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     next_batch: BatchFn,
@@ -52,6 +53,7 @@ def train_step(
         with grad_sync(model, sync=micro == accum_steps - 1):
             with autocast(device, dtype):
                 _, loss = diag.forward(model, x, y) if diag is not None and micro == 0 else model(x, y)
+            assert loss is not None  # targets were given
             loss = loss / accum_steps
             scaler.scale(loss).backward()
         loss_sum += loss.detach().float()

@@ -13,7 +13,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,9 @@ from albert_gpt.training.step import NonFiniteGuard, train_step
 from albert_gpt.training.sysinfo import peak_memory_mb
 from albert_gpt.training.unigram import unigram_perplexity
 
+# What the loop logs to: the run's metrics (rank 0) or a no-op stand-in on the other ranks.
+Metrics = MetricsLogger | distributed.NullMetrics
+
 if TYPE_CHECKING:  # imported for real inside build_run: the data stack pulls in `datasets`
     from albert_gpt.data.batches import RandomWindowSampler
     from albert_gpt.data.pipeline import PreparedData
@@ -64,7 +67,7 @@ class Run:
     device: torch.device
     dtype: torch.dtype
     model: CausalLM  # the plain module: checkpoints, generation
-    forward_model: torch.nn.Module  # what training steps call: the model, or torch.compile of it
+    forward_model: Callable[..., Any]  # what training steps call: the model, or torch.compile of it
     # What evaluation calls: never compiled. Its batch shapes differ from training's (eval.batch_size,
     # a short last batch), and each new shape would recompile, then train on a dynamic-shape graph.
     eval_model: torch.nn.Module
@@ -327,7 +330,7 @@ def restore(run: Run, path: Path, guard: NonFiniteGuard, meter: IntervalMeter) -
 
 # ---------------------------------------------------------------- loop
 
-def _loop(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, logger: MetricsLogger,
+def _loop(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, logger: Metrics,
           progress: Progress, stop: StopRequest, fetch: FetchFn) -> None:
     cfg = run.cfg
     diag_every = cfg.log.diagnostics_interval
@@ -350,7 +353,7 @@ def _loop(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, l
             log.warning("step %d: non-finite loss or gradient; update skipped", state.step)
         guard.record(state.step, result.skipped, state.last_checkpoint)
         progress.advance()
-        if result.diagnostics is not None:
+        if result.diagnostics is not None and collect is not None:
             logger.scalars(result.diagnostics, state.step)
             for tag, values in collect.histograms.items():
                 logger.histogram(tag, values, state.step)
@@ -379,7 +382,7 @@ def _due(step: int, interval: int, total: int) -> bool:
     return step == total or (interval > 0 and step % interval == 0)
 
 
-def _log_train(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, logger: MetricsLogger,
+def _log_train(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, logger: Metrics,
                progress: Progress, lr: float, grad_norm: torch.Tensor) -> None:
     interval = meter.take()
     norm = grad_norm.item()
@@ -392,7 +395,7 @@ def _log_train(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMet
     progress.show(state.step, interval["loss"], lr, interval["tokens_per_sec"], norm)
 
 
-def _evaluate(run: Run, state: State, logger: MetricsLogger) -> None:
+def _evaluate(run: Run, state: State, logger: Metrics) -> None:
     """Validation loss on eval.batches batches (0 = the whole split), a text sample, the unigram reference."""
     started = time.perf_counter()
     cfg, val = run.cfg, run.data.splits["val"]
@@ -426,10 +429,10 @@ def _evaluate(run: Run, state: State, logger: MetricsLogger) -> None:
     logger.flush()
 
 
-def _checkpoint(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, logger: MetricsLogger,
+def _checkpoint(run: Run, state: State, guard: NonFiniteGuard, meter: IntervalMeter, logger: Metrics,
                 val_loss: float | None) -> None:
     cfg = run.cfg
-    train_state = {
+    train_state: dict[str, Any] = {
         "step": state.step,
         "tokens": state.tokens,
         "optimizer": dist_checkpoint.optimizer_state_for_checkpoint(run.model, run.optimizer, run.dist),
@@ -478,7 +481,7 @@ def _result(run: Run, state: State, guard: NonFiniteGuard, started: float) -> di
     }
 
 
-def _finish(run: Run, state: State, guard: NonFiniteGuard, logger: MetricsLogger, started: float) -> dict:
+def _finish(run: Run, state: State, guard: NonFiniteGuard, logger: Metrics, started: float) -> dict:
     hparams = {f"{section}.{key}": value for section, values in config_to_dict(run.cfg).items()
                for key, value in values.items()}
     logger.hparams(hparams, list(VAL_TAGS), first=run.hparams_first)

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 try:
     from .configuration_albert_gpt import AlbertGPTConfig
 except ImportError:  # loaded as a plain module, outside a package
-    from configuration_albert_gpt import AlbertGPTConfig
+    from configuration_albert_gpt import AlbertGPTConfig  # type: ignore[no-redef]
 
 # transformers renamed `past_key_values` to `cache` (5.x); read and return whichever this version uses.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"

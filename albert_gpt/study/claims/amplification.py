@@ -186,7 +186,7 @@ def _evidence(results: list[dict[str, Any]]) -> Evidence:
     )
     pairs = [
         Pairs([slope(results, c.a, s) for s in seeds], [slope(results, c.b, s) for s in seeds])
-        for c in RULE.comparisons
+        for c in RULE.arm_comparisons()
     ]
     return Evidence([control], pairs)
 

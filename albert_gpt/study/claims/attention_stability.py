@@ -173,7 +173,7 @@ def _evidence(results: list[dict[str, Any]]) -> Evidence:
     )
     trained = trained_gate("post-LN at lr 1e-3", runs_where(results, arm="post-LN", lr="safe"), 0.3)
     pairs = []
-    for c, key in zip(RULE.comparisons, ("max_logit", "min_entropy")):
+    for c, key in zip(RULE.arm_comparisons(), ("max_logit", "min_entropy")):
         a = [_value(r, key) for r in runs_where(results, arm=c.a, lr="high")]
         b = [_value(r, key) for r in runs_where(results, arm=c.b, lr="high")]
         pairs.append(Pairs(a, b))

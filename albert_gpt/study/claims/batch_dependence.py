@@ -140,7 +140,7 @@ def _evidence(results: list[dict[str, Any]]) -> Evidence:
         Pairs(
             [_loss(r) for r in runs_where(results, arm=c.a)], [_loss(r) for r in runs_where(results, arm=c.b)]
         )
-        for c in RULE.comparisons
+        for c in RULE.arm_comparisons()
     ]
     return Evidence(gates, pairs)
 

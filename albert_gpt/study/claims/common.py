@@ -101,11 +101,15 @@ def train_model(
         on_step(0, model)
     for step in range(t.max_steps):
         set_lr(optimizer, lr_at(step, t, t.max_steps))
+
+        def micro_batch(micro: int, s: int = step) -> Any:
+            return batch_of(s, micro)
+
         result = train_step(
             stepper,
             optimizer,
             scaler,
-            lambda micro, s=step: batch_of(s, micro),
+            micro_batch,
             t.grad_accum_steps,
             device,
             dtype,

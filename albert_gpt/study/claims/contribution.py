@@ -140,7 +140,7 @@ def _evidence(results: list[dict[str, Any]]) -> Evidence:
     pairs = [
         Pairs([r["imbalance_trained"] for r in runs_where(results, arm=c.a)],
               [r["imbalance_trained"] for r in runs_where(results, arm=c.b)])
-        for c in RULE.comparisons
+        for c in RULE.arm_comparisons()
     ]
     return Evidence([trained], pairs)
 

@@ -59,6 +59,7 @@ def depth_profile(model: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, lis
     model.zero_grad(set_to_none=True)
     diag = DepthDiagnostics(model)
     _, loss = diag.forward(model, x, y)
+    assert loss is not None  # targets were given
     loss.backward()
     scalars = diag.after_backward()
     model.zero_grad(set_to_none=True)

@@ -159,7 +159,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
 
     def record(step: int, model: Any) -> None:
         if noisy and not noise:
-            noise.append(InjectedNoise(model, level, NOISE_SEED + cell["seed"]))
+            noise.append(InjectedNoise(model, float(level or 0.0), NOISE_SEED + cell["seed"]))
         if step % EVERY == 0:
             now = sublayer_inputs(model, x)  # with the noise the step just trained with
             if last:

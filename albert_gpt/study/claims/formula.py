@@ -42,6 +42,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
             H = shape[-1]
             x = ((torch.randn(shape, generator=g) + 3 * torch.rand(1, generator=g)) * scale).requires_grad_()
             ours = LayerNorm(H, impl="reference")
+            assert ours.weight is not None and ours.bias is not None  # affine by default
             with torch.no_grad():
                 ours.weight.copy_(torch.randn(H, generator=g))
                 ours.bias.copy_(torch.randn(H, generator=g))

@@ -217,7 +217,7 @@ def _evidence(results: list[dict[str, Any]]) -> Evidence:
     )
     pairs = [
         Pairs([range_lost(results, c.a, s) for s in seeds], [range_lost(results, c.b, s) for s in seeds])
-        for c in RULE.comparisons
+        for c in RULE.arm_comparisons()
     ]
     return Evidence([trained, ends], pairs)
 

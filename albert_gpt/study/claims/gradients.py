@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_gpt.config import load_config
+from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.study.claims.common import ARMS, build_model, prepared_data, probe_batch, sharing_overrides
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.rules import (
@@ -70,6 +71,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
     )
     data = prepared_data(cfg)
     model = build_model(cfg, data.tokenizer.vocab_size)
+    assert isinstance(model, AlbertGPT)  # the config's arch is transformer
     copy = unshared_copy(model) if cell["sharing"] == "shared" else model
     x, y = probe_batch(data, cfg, cfg.train.batch_size)
     norms = ffn_out_grad_norms(copy, x, y)

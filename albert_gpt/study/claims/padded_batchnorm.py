@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from albert_gpt.config import load_config
 from albert_gpt.data.batches import RandomWindowSampler
@@ -59,7 +58,7 @@ MIN_LOSS = 0.05  # nats of validation loss
 TRAINED_MARGIN = 0.3
 
 
-def future_leak(model: nn.Module, x: torch.Tensor) -> float:
+def future_leak(model: Any, x: torch.Tensor) -> float:
     """In train mode: how much the logits of positions 0..T-2 move, relative to their size, when only the
     last position's token changes. 0 for a causal model; BatchNorm's batch-and-time statistics leak."""
     changed = x.clone()

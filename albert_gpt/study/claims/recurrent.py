@@ -55,7 +55,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
     )
     data = prepared_data(cfg)
     early: dict[str, float] = {}
-    curve: list[list[float]] = []  # [step, val loss] every EVERY steps, at the base lr only
+    curve: list[list[float | None]] = []  # [step, val loss] every EVERY steps, at the base lr only
 
     def at_early_step(step: int, model: Any) -> None:
         if step == EARLY_STEP or (lr == BASE_LR and step % EVERY == 0 and step > 0):

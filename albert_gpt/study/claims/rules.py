@@ -156,6 +156,13 @@ class Rule:
     def sha256(self) -> str:
         return hashlib.sha256(self.text().encode("utf-8")).hexdigest()
 
+    def arm_comparisons(self) -> tuple[Comparison, ...]:
+        """The comparisons of a rule made of arm-against-arm comparisons only (no Bound), in order: what a
+        claim's evidence builds one Pairs for each of."""
+        if not all(isinstance(c, Comparison) for c in self.comparisons):
+            raise ValueError("this rule also has Bounds; pair its comparisons one by one")
+        return tuple(c for c in self.comparisons if isinstance(c, Comparison))
+
 
 # ---------------------------------------------------------------- evidence and outcome
 

@@ -179,7 +179,7 @@ def _trained_gate(results: list[dict[str, Any]], axis: str, warmup: bool | None)
     unigrams = {r.get("unigram_loss") for r in results}
     if None in unigrams or len(unigrams) != 1:
         return GateResult(False, "the results do not record one unigram loss (measured before they did)")
-    unigram = unigrams.pop()
+    unigram = float(unigrams.pop() or 0.0)  # not None: checked above
     gaps = [unigram - best(results, "post-LN", s, axis, warmup) for s in seeds]
     return GateResult(
         min(gaps) >= TRAINED_MARGIN,
@@ -214,7 +214,7 @@ def _lr_evidence(results: list[dict[str, Any]]) -> Evidence:
         Pairs(
             [lr_width(results, c.a, s, True) for s in seeds], [lr_width(results, c.b, s, True) for s in seeds]
         )
-        for c in LR_RULE.comparisons
+        for c in LR_RULE.arm_comparisons()
     ]
     return Evidence(gates, pairs)
 
@@ -239,7 +239,7 @@ def _init_evidence(results: list[dict[str, Any]]) -> Evidence:
             [trainable_count(results, c.a, s, "init_std") for s in seeds],
             [trainable_count(results, c.b, s, "init_std") for s in seeds],
         )
-        for c in INIT_RULE.comparisons
+        for c in INIT_RULE.arm_comparisons()
     ]
     return Evidence(gates, pairs)
 
@@ -384,7 +384,7 @@ def _batch_evidence(results: list[dict[str, Any]]) -> Evidence:
     )
     pairs = [
         Pairs([penalty(results, c.a, s) for s in seeds], [penalty(results, c.b, s) for s in seeds])
-        for c in BATCH_RULE.comparisons
+        for c in BATCH_RULE.arm_comparisons()
     ]
     return Evidence([gate, control], pairs)
 
