@@ -347,9 +347,10 @@ def summary(results: list[dict[str, Any]]) -> str:
         return f"{sum(trainable_range(results, arm, n, w, s) for s in seeds) / len(seeds):.1f}"
 
     def best(arm: str, n: int) -> str:
-        runs = runs_where(results, arm=arm, n_layers=n)
-        losses = [r["val_loss"] for r in runs if r["val_loss"] is not None]
-        return f"{min(losses):.2f}" if losses else "none"
+        """The arm's best run at depth n (any lr and warmup), mean over seeds."""
+        per_seed = [min((r["val_loss"] for r in runs_where(results, arm=arm, n_layers=n, seed=sd)
+                         if r["val_loss"] is not None), default=math.inf) for sd in seeds]
+        return f"{sum(per_seed) / len(per_seed):.2f}"
 
     ranges = "; ".join(
         f"{arm} {width(arm, shallow, 0.0)} at L = {shallow} and {width(arm, deep, 0.0)} at L = {deep} "
@@ -365,9 +366,10 @@ def summary(results: list[dict[str, Any]]) -> str:
         f"decade apart), with and without 10% warmup, {len(seeds)} seeds. A run counts as trained when it "
         f"ends within {MARGIN:g} nats of the best run of any arm at its depth. The learning-rate range that "
         f"trains, in decades (mean over seeds), without warmup at the shallowest and deepest L and with "
-        f"warmup at the deepest: {ranges}. Lowest loss at L = {deep}: "
-        + ", ".join(f"{arm} {best(arm, deep)}" for arm in ARMS)
-        + f" (unigram {results[0]['unigram_loss']:.2f}). Runs that diverged, of "
+        f"warmup at the deepest: {ranges}. Each arm's best run (any learning rate and warmup, mean over "
+        f"seeds) at L = {' / '.join(map(str, depths))}: "
+        + "; ".join(f"{arm} {' / '.join(best(arm, n) for n in depths)}" for arm in ARMS)
+        + f" (the unigram loss is {results[0]['unigram_loss']:.2f}). Runs that diverged, of "
         f"{len(runs_where(results, arm=next(iter(ARMS))))} per arm: {diverged}. The rule written before the "
         f"runs expected post-LN without warmup to lose more range from L = {shallow} to L = {deep} than "
         f"pre-LN and DeepNorm; verdict: {verdict[0]} ({verdict[2]})."
