@@ -5,14 +5,24 @@
 
 For each row a corpus of that size is built from paragraphs of real text (the --text files and
 Python's own reference documentation, drawn at random with a fixed seed), as one file or as N files
-(`100MBx100`). Then, each in a fresh process whose resident memory (the process and its children
-together) is sampled every 50 ms:
+(`100MBx100`), in one of four shapes (a `:SHAPE` suffix): `lines` (the default: paragraphs as they are),
+`nonewline` (every line break turned into a space: one line per file, like minified JSON or a log
+written with carriage returns), `nospace` (every whitespace character removed) or `invalid` (one invalid
+UTF-8 byte every 10 KB). E.g. `--rows 1GB 500KBx2000 200MB:nonewline 200MB:nospace 100MB:invalid`.
+Then, each in a fresh process whose resident memory (the process and its children together) is
+sampled every 50 ms:
 
   cold   `albert-gpt prepare` with an empty token cache: read, train the BPE, tokenize, write the cache
   warm   `albert-gpt prepare` again: the cache is found and opened
   raw    the floor: `tokenizers` alone trains the same BPE on the same number of bytes (the pipeline's
-         tokenizer.train_max_bytes) and encodes the whole text with `encode_batch`, counting tokens and
-         writing them to a file; no splits, no checks, no cache
+         tokenizer.train_max_bytes) and encodes the whole text with `encode_batch_fast` over pieces of
+         256 KiB (extended to the next line break within 64 KiB), writing uint16 ids as it goes; no
+         splits, no checks, no cache
+
+With --pairs N, cold and raw run N times as adjacent pairs (cold, raw, cold, raw, ...), so a slow
+moment of a shared machine falls on both; the table gives each pair's time ratio (pipeline time /
+floor time: above 1 is slower) and the median. Peak memory is GNU time's maximum resident set
+(`/usr/bin/time -v`) where it exists, else the sampled peak of the process tree.
 
 --write puts the table between the data-table markers of docs/performance.md.
 
@@ -31,6 +41,7 @@ import platform
 import random
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -53,17 +64,36 @@ def paragraphs(texts: list[Path]) -> list[str]:
     return [p.strip("\n") + "\n" for text in sources for p in text.split("\n\n") if p.strip()]
 
 
-def parse_row(spec: str) -> tuple[int, int]:
-    """'100MB' -> (100e6 bytes, 1 file); '100MBx100' -> (100e6, 100); units KB, MB, GB (powers of 1000)."""
-    match = re.fullmatch(r"(\d+)(KB|MB|GB)(?:x(\d+))?", spec)
-    if not match:
-        raise SystemExit(f"--rows: cannot read {spec!r} (e.g. 20MB, 1GB, 100MBx100)")
+SHAPES = ("lines", "nonewline", "nospace", "invalid")
+
+
+def parse_row(spec: str) -> tuple[int, int, str]:
+    """'100MB' -> (100e6 bytes, 1 file, 'lines'); '100MBx100:nonewline' -> (100e6, 100, 'nonewline');
+    units KB, MB, GB (powers of 1000)."""
+    match = re.fullmatch(r"(\d+)(KB|MB|GB)(?:x(\d+))?(?::(\w+))?", spec)
+    if not match or (match[4] or "lines") not in SHAPES:
+        raise SystemExit(f"--rows: cannot read {spec!r} (e.g. 20MB, 1GB, 100MBx100, 200MB:nonewline; "
+                         f"shapes: {', '.join(SHAPES)})")
     size = int(match[1]) * {"KB": 10**3, "MB": 10**6, "GB": 10**9}[match[2]]
-    return size, int(match[3] or 1)
+    return size, int(match[3] or 1), match[4] or "lines"
 
 
-def build_corpus(where: Path, size: int, n_files: int, paras: list[str], seed: int = 0) -> Path:
-    """`size` bytes of paragraphs drawn at random, in `n_files` files of about equal size; reused if there."""
+def shaped(paragraph: str, shape: str) -> str:
+    """A paragraph as the corpus shape writes it (`invalid` bytes are added per file, below)."""
+    if shape == "nonewline":
+        return paragraph.replace("\r", " ").replace("\n", " ")
+    if shape == "nospace":
+        return "".join(paragraph.split())
+    return paragraph + "\n"
+
+
+INVALID_EVERY = 10_000  # bytes between invalid UTF-8 bytes in the `invalid` shape
+
+
+def build_corpus(where: Path, size: int, n_files: int, paras: list[str], shape: str = "lines",
+                 seed: int = 0) -> Path:
+    """`size` bytes of paragraphs drawn at random, in `n_files` files of about equal size, in `shape`;
+    reused if there."""
     done = where / ".complete"
     if done.is_file():
         return where
@@ -73,16 +103,18 @@ def build_corpus(where: Path, size: int, n_files: int, paras: list[str], seed: i
     per_file = size // n_files
     for i in range(n_files):
         written = 0
-        with (where / f"part{i:05d}.txt").open("w", encoding="utf-8") as f:
-            buffer = []
+        with (where / f"part{i:05d}.txt").open("wb") as f:
+            buffer: list[bytes] = []
             while written < per_file:
-                p = rng.choice(paras)
-                buffer.append(p + "\n")
-                written += len(p.encode("utf-8")) + 1
+                chunk = shaped(rng.choice(paras), shape).encode("utf-8")
+                if shape == "invalid" and written // INVALID_EVERY != (written + len(chunk)) // INVALID_EVERY:
+                    chunk += b"\xff"  # a byte that never starts or continues a UTF-8 sequence
+                buffer.append(chunk)
+                written += len(chunk)
                 if len(buffer) >= 4096:
-                    f.write("".join(buffer))
+                    f.write(b"".join(buffer))
                     buffer = []
-            f.write("".join(buffer))
+            f.write(b"".join(buffer))
     done.write_text("ok")
     return where
 
@@ -105,8 +137,16 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
+GNU_TIME = Path("/usr/bin/time")
+
+
 def measure(cmd: list[str], env: dict | None = None) -> dict:
-    """Wall seconds and peak resident memory (process tree, sampled every 50 ms) of one command."""
+    """Wall seconds and peak resident memory of one command: GNU time's maximum resident set where it
+    exists (`time_v_rss_mb`), and the process tree's, sampled every 50 ms (`peak_rss_mb`)."""
+    report = None
+    if GNU_TIME.is_file():
+        report = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_time_{os.getpid()}.txt"
+        cmd = [str(GNU_TIME), "-v", "-o", str(report), *cmd]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     peak = 0
@@ -126,7 +166,12 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
-    return {"seconds": seconds, "peak_rss_mb": peak / 2**20, "output": out}
+    result = {"seconds": seconds, "peak_rss_mb": peak / 2**20, "output": out}
+    if report is not None:
+        found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", report.read_text())
+        report.unlink(missing_ok=True)
+        result["time_v_rss_mb"] = int(found[1]) / 1024 if found else None
+    return result
 
 
 RAW = r"""
@@ -138,12 +183,12 @@ out = Path(sys.argv[4])
 def pieces(limit=None):
     budget = limit
     for path in files:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8", errors="replace") as f:
             while budget is None or budget > 0:
                 text = f.read(1 << 18)
                 if not text:
                     break
-                text += f.readline()
+                text += f.readline(1 << 16)
                 if budget is not None:
                     budget -= len(text)
                 yield text
@@ -173,45 +218,56 @@ print(f"RAW train_s={t1 - t0:.3f} encode_s={t2 - t1:.3f} tokens={n}")
 
 def row_setup(spec: str, args: argparse.Namespace, paras: list[str], kind: str) -> tuple[dict, Path, Path]:
     """The row's corpus (built once), an emptied cache folder for it, and the row's first fields."""
-    size, n_files = parse_row(spec)
-    corpus = build_corpus(args.work / "corpora" / spec, size, n_files, paras)
+    size, n_files, shape = parse_row(spec)
+    name = spec.replace(":", "_")
+    corpus = build_corpus(args.work / "corpora" / name, size, n_files, paras, shape)
     nbytes = sum(p.stat().st_size for p in corpus.glob("*.txt"))
-    cache = args.work / kind / spec
+    cache = args.work / kind / name
     shutil.rmtree(cache, ignore_errors=True)
-    return {"row": spec, "bytes": nbytes, "files": n_files}, corpus, cache
+    return {"row": spec, "bytes": nbytes, "files": n_files, "shape": shape}, corpus, cache
+
+
+def _rss(m: dict) -> float:
+    """GNU time's maximum resident set where measured, else the sampled peak."""
+    return m.get("time_v_rss_mb") or m["peak_rss_mb"]
 
 
 def run_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dict:
     row, corpus, cache = row_setup(spec, args, paras, "cache")
-    cfg = args.work / f"{spec}.yaml"
+    cfg = args.work / f"{spec.replace(':', '_')}.yaml"
     cfg.write_text(
         f"data: {{source: files, path: {corpus}, cache_dir: {cache}}}\n"
-        f"tokenizer: {{type: bpe, vocab_size: {args.vocab}, train_max_bytes: {args.train_max_bytes}}}\n"
+        f"tokenizer: {{type: {args.tokenizer}, vocab_size: {args.vocab}, "
+        f"train_max_bytes: {args.train_max_bytes}}}\n"
         "log: {progress: false}\n"
     )
     prepare = [sys.executable, "-m", "albert_gpt", "prepare", str(cfg)]
-    cold = measure(prepare)
+    raw_out = args.work / "raw_tokens.bin"
+    floor = [sys.executable, "-c", RAW, str(corpus), str(args.vocab), str(args.train_max_bytes), str(raw_out),
+             EOT]
+    colds, raws = [], []
+    for _ in range(args.pairs):  # adjacent pairs: a slow spell of the machine falls on both sides
+        shutil.rmtree(cache, ignore_errors=True)
+        colds.append(measure(prepare))
+        raws.append(measure(floor))
+        raw_out.unlink(missing_ok=True)
     warm = measure(prepare)
     meta = json.loads(next(cache.glob("*/meta.json")).read_text())
     tokens = sum(s["tokens"] for s in meta["splits"].values())
     stats = meta["stats"]
-    raw_out = args.work / "raw_tokens.bin"
-    raw = measure([sys.executable, "-c", RAW, str(corpus), str(args.vocab), str(args.train_max_bytes),
-                   str(raw_out), EOT])
-    raw_out.unlink(missing_ok=True)
-    found = dict(re.findall(r"(\w+)=([\d.]+)", raw["output"].splitlines()[-1]))
+    found = dict(re.findall(r"(\w+)=([\d.]+)", raws[-1]["output"].splitlines()[-1]))
+    ratios = [c["seconds"] / r["seconds"] for c, r in zip(colds, raws)]
     row.update(
-        tokens=tokens,
-        cold_s=cold["seconds"], cold_rss_mb=cold["peak_rss_mb"],
+        tokens=tokens, tokenizer=args.tokenizer,
+        cold_s=[c["seconds"] for c in colds], raw_s=[r["seconds"] for r in raws],
+        time_ratio=ratios, time_ratio_median=statistics.median(ratios),
+        cold_rss_mb=max(_rss(c) for c in colds), raw_rss_mb=max(_rss(r) for r in raws),
+        rss_source="time -v" if colds[0].get("time_v_rss_mb") else "sampled",
         cold_tokenizer_s=stats["tokenizer_seconds"], cold_tokenize_s=stats["tokenize_seconds"],
-        cold_tokens_per_s=tokens / cold["seconds"], encode_tokens_per_s=stats["tokens_per_second"],
-        warm_s=warm["seconds"], warm_rss_mb=warm["peak_rss_mb"],
-        raw_s=raw["seconds"], raw_rss_mb=raw["peak_rss_mb"], raw_tokens=int(found["tokens"]),
+        encode_tokens_per_s=stats["tokens_per_second"],
+        warm_s=warm["seconds"], warm_rss_mb=_rss(warm), raw_tokens=int(found["tokens"]),
         raw_train_s=float(found["train_s"]), raw_encode_s=float(found["encode_s"]),
-        raw_encode_tokens_per_s=int(found["tokens"]) / float(found["encode_s"]),
     )
-    row["ratio_time"] = row["raw_s"] / row["cold_s"]  # the pipeline's speed as a fraction of the floor's
-    row["ratio_encode"] = row["encode_tokens_per_s"] / row["raw_encode_tokens_per_s"]
     print(format_table([row]).splitlines()[-1], flush=True)
     return row
 
@@ -246,19 +302,21 @@ def format_stream_table(rows: list[dict]) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("| corpus | tokens | cold s (BPE + encode) | cold peak RSS | warm s | warm RSS "
-            "| raw s (BPE + encode) | raw peak RSS | encode tok/s: pipeline / raw | speed vs raw (cold) |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| corpus | tokens | albert-gpt prepare, s per pair | floor, s per pair | time ratio per pair "
+            "(median) | prepare peak RSS | floor peak RSS | RSS ratio | warm s |")
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
-        files = f", {r['files']} files" if r["files"] > 1 else ""
+        files = f", {r['files']:,} files" if r["files"] > 1 else ""
+        shape = "" if r.get("shape", "lines") == "lines" else f", {r['shape']}"
+        tok = "" if r.get("tokenizer", "bpe") == "bpe" else f", {r['tokenizer']} tokenizer"
         lines.append(
-            f"| {r['bytes'] / 1e6:,.0f} MB{files} | {r['tokens'] / 1e6:,.1f} M "
-            f"| {r['cold_s']:,.1f} ({r['cold_tokenizer_s']:,.1f} + {r['cold_tokenize_s']:,.1f}) "
-            f"| {r['cold_rss_mb']:,.0f} MB | {r['warm_s']:.1f} | {r['warm_rss_mb']:,.0f} MB "
-            f"| {r['raw_s']:,.1f} ({r['raw_train_s']:,.1f} + {r['raw_encode_s']:,.1f}) "
-            f"| {r['raw_rss_mb']:,.0f} MB "
-            f"| {r['encode_tokens_per_s'] / 1e6:.2f} M / {r['raw_encode_tokens_per_s'] / 1e6:.2f} M "
-            f"= {r['ratio_encode']:.2f}x | {r['ratio_time']:.2f}x |"
+            f"| {r['bytes'] / 1e6:,.0f} MB{files}{shape}{tok} | {r['tokens'] / 1e6:,.1f} M "
+            f"| {' / '.join(f'{x:,.1f}' for x in r['cold_s'])} "
+            f"| {' / '.join(f'{x:,.1f}' for x in r['raw_s'])} "
+            f"| {' / '.join(f'{x:.2f}' for x in r['time_ratio'])} ({r['time_ratio_median']:.2f}) "
+            f"| {r['cold_rss_mb']:,.0f} MB | {r['raw_rss_mb']:,.0f} MB "
+            f"| {r['cold_rss_mb'] / r['raw_rss_mb']:.1f}x "
+            f"| {r['warm_s']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -269,9 +327,12 @@ def write_table(doc: Path, result: dict, stream: bool) -> None:
     if start not in text or end not in text:
         raise SystemExit(f"{doc}: no {start} ... {end} markers")
     m = result["machine"]
+    rows = result["rows"]
+    rss_source = rows[0].get("rss_source", "sampling") if rows and not stream else "sampling"
     caption = (f"Measured by `scripts/bench_data.py{' --stream' if stream else ''}` on {m['cpus']} cores "
                f"({m['processor']}), BPE vocabulary {result['vocab']:,}, "
-               f"tokenizer.train_max_bytes {result['train_max_bytes']:,}, "
+               f"tokenizer.train_max_bytes {result['train_max_bytes']:,}, adjacent pairs, peak RSS by "
+               f"{rss_source}, "
                f"tokenizers {m['tokenizers']}; {result['date']}.")
     table = format_stream_table(result["rows"]) if stream else format_table(result["rows"])
     block = f"{start}\n{caption}\n\n{table}\n{end}"
@@ -284,10 +345,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--text", type=Path, nargs="*", default=[], help="real text files to draw from")
     ap.add_argument("--rows", nargs="+", default=["20MB", "100MB", "100MBx100", "1GB"],
-                    help="corpus sizes, e.g. 20MB, 1GB, 100MBx100 (100 files)")
+                    help="corpus sizes and shapes, e.g. 20MB, 1GB, 100MBx100 (100 files), 200MB:nonewline")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_data"), help="corpora and caches go here")
     ap.add_argument("--vocab", type=int, default=32768, help="BPE vocabulary size")
     ap.add_argument("--train-max-bytes", type=int, default=200_000_000, help="tokenizer.train_max_bytes")
+    ap.add_argument("--tokenizer", choices=("bpe", "char"), default="bpe",
+                    help="the pipeline's tokenizer.type")
+    ap.add_argument("--pairs", type=int, default=1, help="adjacent (pipeline, floor) pairs per row")
     ap.add_argument("--stream", action="store_true", help="time a streamed run's first step instead")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here")
     ap.add_argument("--write", action="store_true", help="write the table into docs/performance.md")
