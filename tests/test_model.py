@@ -15,6 +15,7 @@ from albert_gpt.config import ModelConfig
 from albert_gpt.errors import ConfigError
 from albert_gpt.modeling.block import TRACE_POINTS, Block
 from albert_gpt.modeling.model import AlbertGPT
+from albert_gpt.modeling.sharing import new_block
 
 H, HEADS, V, T = 16, 4, 23, 12
 
@@ -61,7 +62,7 @@ def _reference_layer(block: Block, norm_first: bool) -> nn.TransformerEncoderLay
 def test_block_matches_transformer_encoder_layer(placement, norm_first):
     """One unshared block equals nn.TransformerEncoderLayer with the same weights and a causal mask."""
     torch.manual_seed(0)
-    block = Block(tiny(n_layers=1, norm_placement=placement))
+    block = new_block(tiny(n_layers=1, norm_placement=placement))
     _randomize_norms(block)
     ref = _reference_layer(block, norm_first)
     block.eval()
@@ -71,7 +72,7 @@ def test_block_matches_transformer_encoder_layer(placement, norm_first):
     expected = ref(x, src_mask=mask, is_causal=True)
     torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
     # The other placement computes something else: the comparison can tell them apart.
-    other = Block(tiny(n_layers=1, norm_placement="pre" if placement == "post" else "post"))
+    other = new_block(tiny(n_layers=1, norm_placement="pre" if placement == "post" else "post"))
     other.load_state_dict(block.state_dict())
     assert not torch.allclose(other.eval()(x), expected, atol=1e-3)
 
@@ -80,7 +81,7 @@ def test_deepnorm_block_follows_its_formula():
     """A DeepNorm block computes LN(alpha*x + f(x)) per sub-layer with alpha = (2N)^(1/4)."""
     torch.manual_seed(0)
     cfg = tiny(n_layers=8, norm_placement="deepnorm")
-    block = Block(cfg).eval()
+    block = new_block(cfg).eval()
     _randomize_norms(block)
     alpha = 16**0.25
     assert block.alpha == pytest.approx(alpha)
@@ -251,11 +252,11 @@ def test_tracer_sees_every_point_and_changes_nothing(placement):
 
 def test_block_wiring_is_decided_at_construction():
     """The placement string is read once: each block holds its wiring as plain attributes."""
-    wiring = {p: (Block(tiny(norm_placement=p)).norm_first, Block(tiny(norm_placement=p)).alpha)
+    wiring = {p: (new_block(tiny(norm_placement=p)).norm_first, new_block(tiny(norm_placement=p)).alpha)
               for p in ("post", "pre", "deepnorm", "none")}
     assert wiring == {"post": (False, 1.0), "pre": (True, 1.0), "deepnorm": (False, (2 * 3) ** 0.25),
                       "none": (True, 1.0)}
-    assert not hasattr(Block(tiny()), "placement")
+    assert not hasattr(new_block(tiny()), "placement")
 
 
 def test_layer_outputs_one_per_application():

@@ -72,23 +72,15 @@ class Block(nn.Module):
     partial sharing a norm is shared exactly when the sub-layer it sits next to is.
     """
 
-    def __init__(
-        self,
-        cfg: ModelConfig,
-        attn: CausalSelfAttention | None = None,
-        attn_norm: nn.Module | None = None,
-        ffn: FeedForward | None = None,
-        ffn_norm: nn.Module | None = None,
-    ) -> None:
+    def __init__(self, cfg: ModelConfig, attn: CausalSelfAttention, attn_norm: nn.Module, ffn: FeedForward,
+                 ffn_norm: nn.Module) -> None:
+        """The block of the given sub-layers, which sharing.py builds (and shares) for it."""
         super().__init__()
         # The wiring (wiring.py): the norm before the branch or after the residual sum, and the weight of
         # the residual in that sum (DeepNet's alpha keeps post-LN updates bounded).
         w = wiring(cfg)
         self.norm_first, self.alpha = w.norm_first, w.alpha
-        self.attn = CausalSelfAttention(cfg) if attn is None else attn
-        self.attn_norm = make_norm(cfg) if attn_norm is None else attn_norm
-        self.ffn = FeedForward(cfg) if ffn is None else ffn
-        self.ffn_norm = make_norm(cfg) if ffn_norm is None else ffn_norm
+        self.attn, self.attn_norm, self.ffn, self.ffn_norm = attn, attn_norm, ffn, ffn_norm
 
     def forward(
         self, x: torch.Tensor, cache: KVCache | None = None, trace: Trace | None = None,

@@ -24,14 +24,25 @@ def build_stack(cfg: ModelConfig) -> tuple[nn.ModuleList, list[int]]:
     if per_depth_batch_stats(cfg) or per_depth_affine(cfg):
         return _per_depth_norm_stack(cfg, groups), list(range(cfg.n_layers))
     if cfg.sharing == "all":
-        return nn.ModuleList(Block(cfg) for _ in range(cfg.n_groups)), groups
+        return nn.ModuleList(new_block(cfg) for _ in range(cfg.n_groups)), groups
     if cfg.sharing == "attention":
         attns = [(CausalSelfAttention(cfg), make_norm(cfg)) for _ in range(cfg.n_groups)]
-        blocks = [Block(cfg, attn=attns[g][0], attn_norm=attns[g][1]) for g in groups]
+        blocks = [new_block(cfg, attn=attns[g][0], attn_norm=attns[g][1]) for g in groups]
     else:  # "ffn" (the config allows nothing else)
         ffns = [(FeedForward(cfg), make_norm(cfg)) for _ in range(cfg.n_groups)]
-        blocks = [Block(cfg, ffn=ffns[g][0], ffn_norm=ffns[g][1]) for g in groups]
+        blocks = [new_block(cfg, ffn=ffns[g][0], ffn_norm=ffns[g][1]) for g in groups]
     return nn.ModuleList(blocks), list(range(cfg.n_layers))
+
+
+def new_block(cfg: ModelConfig, attn: CausalSelfAttention | None = None, attn_norm: nn.Module | None = None,
+              ffn: FeedForward | None = None, ffn_norm: nn.Module | None = None) -> Block:
+    """A Block of the given (shared) sub-layers, the missing ones built here, in the block's own order
+    (attention, its norm, FFN, its norm: the order the init draws them in)."""
+    attn = CausalSelfAttention(cfg) if attn is None else attn
+    attn_norm = make_norm(cfg) if attn_norm is None else attn_norm
+    ffn = FeedForward(cfg) if ffn is None else ffn
+    ffn_norm = make_norm(cfg) if ffn_norm is None else ffn_norm
+    return Block(cfg, attn, attn_norm, ffn, ffn_norm)
 
 
 def per_depth_batch_stats(cfg: ModelConfig) -> bool:
@@ -56,13 +67,14 @@ def _per_depth_norm_stack(cfg: ModelConfig, groups: list[int]) -> nn.ModuleList:
     blocks = []
     for g in groups:
         if g not in first:
-            first[g] = Block(cfg)
+            first[g] = new_block(cfg)
             blocks.append(first[g])
             continue
         owner = first[g]
         shared_attn = cfg.sharing in ("all", "attention")
         shared_ffn = cfg.sharing in ("all", "ffn")
-        block = Block(cfg, attn=owner.attn if shared_attn else None, ffn=owner.ffn if shared_ffn else None)
+        block = new_block(cfg, attn=owner.attn if shared_attn else None,
+                          ffn=owner.ffn if shared_ffn else None)
         for name, shared in (("attn_norm", shared_attn), ("ffn_norm", shared_ffn)):
             if shared and not cfg.norm_per_depth_affine:
                 _share_affine(getattr(block, name), getattr(owner, name))
