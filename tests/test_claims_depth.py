@@ -57,6 +57,7 @@ def test_frontier_rule(post_deep, pre_deep, best, ends_fail, verdict):
     assert "| post-LN | 0% |" in table and "| DeepNorm | 10% |" in table
     words = frontier.summary(results)  # the plain-words paragraph at the top of docs/claims.md
     assert f"verdict: {verdict} (" in words and "no norm + final LN" in words
+    assert ("barely leaves the unigram plateau" in words) == (best > 3.05)  # the gate's reason, in words
 
 
 def test_frontier_range_counts_points_within_the_margin_of_the_depths_best():
