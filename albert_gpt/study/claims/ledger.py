@@ -41,7 +41,7 @@ class Analysis:
 
 @dataclass(frozen=True)
 class Claim:
-    letter: str  # a..n: the row of the ledger
+    letter: str  # a..r: the row of the ledger
     name: str  # the command: albert-gpt study NAME
     title: str
     sections: str  # of the article
