@@ -8,7 +8,8 @@ Python's own reference documentation, drawn at random with a fixed seed), as one
 (`100MBx100`), in one of four shapes (a `:SHAPE` suffix): `lines` (the default: paragraphs as they are),
 `nonewline` (every line break turned into a space: one line per file, like minified JSON or a log
 written with carriage returns), `nospace` (every whitespace character removed) or `invalid` (one invalid
-UTF-8 byte every 10 KB). E.g. `--rows 1GB 500KBx2000 200MB:nonewline 200MB:nospace 100MB:invalid`.
+UTF-8 byte every 10 KB), and with an `@char` suffix the pipeline uses the char tokenizer on that row (the
+floor stays BPE). E.g. `--rows 1GB 500KBx2000 200MB:nonewline 200MB:nospace 100MB:invalid 1GB@char`.
 Then, each in a fresh process whose resident memory (the process and its children together) is
 sampled every 50 ms:
 
@@ -69,8 +70,8 @@ SHAPES = ("lines", "nonewline", "nospace", "invalid")
 
 def parse_row(spec: str) -> tuple[int, int, str]:
     """'100MB' -> (100e6 bytes, 1 file, 'lines'); '100MBx100:nonewline' -> (100e6, 100, 'nonewline');
-    units KB, MB, GB (powers of 1000)."""
-    match = re.fullmatch(r"(\d+)(KB|MB|GB)(?:x(\d+))?(?::(\w+))?", spec)
+    units KB, MB, GB (powers of 1000); an @TOKENIZER suffix is read by row_tokenizer."""
+    match = re.fullmatch(r"(\d+)(KB|MB|GB)(?:x(\d+))?(?::(\w+))?", spec.split("@")[0])
     if not match or (match[4] or "lines") not in SHAPES:
         raise SystemExit(f"--rows: cannot read {spec!r} (e.g. 20MB, 1GB, 100MBx100, 200MB:nonewline; "
                          f"shapes: {', '.join(SHAPES)})")
@@ -216,11 +217,20 @@ print(f"RAW train_s={t1 - t0:.3f} encode_s={t2 - t1:.3f} tokens={n}")
 """
 
 
+def row_tokenizer(spec: str, args: argparse.Namespace) -> str:
+    """The pipeline's tokenizer.type on this row: its @suffix, else --tokenizer."""
+    name = spec.split("@")[1] if "@" in spec else args.tokenizer
+    if name not in ("bpe", "char"):
+        raise SystemExit(f"--rows: {spec!r}: tokenizer {name!r} is not bpe or char")
+    return name
+
+
 def row_setup(spec: str, args: argparse.Namespace, paras: list[str], kind: str) -> tuple[dict, Path, Path]:
     """The row's corpus (built once), an emptied cache folder for it, and the row's first fields."""
     size, n_files, shape = parse_row(spec)
-    name = spec.replace(":", "_")
-    corpus = build_corpus(args.work / "corpora" / name, size, n_files, paras, shape)
+    name = spec.replace(":", "_").replace("@", "_")
+    corpus_name = spec.split("@")[0].replace(":", "_")  # the same corpus for every tokenizer
+    corpus = build_corpus(args.work / "corpora" / corpus_name, size, n_files, paras, shape)
     nbytes = sum(p.stat().st_size for p in corpus.glob("*.txt"))
     cache = args.work / kind / name
     shutil.rmtree(cache, ignore_errors=True)
@@ -234,10 +244,11 @@ def _rss(m: dict) -> float:
 
 def run_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dict:
     row, corpus, cache = row_setup(spec, args, paras, "cache")
-    cfg = args.work / f"{spec.replace(':', '_')}.yaml"
+    tokenizer = row_tokenizer(spec, args)
+    cfg = args.work / f"{spec.replace(':', '_').replace('@', '_')}.yaml"
     cfg.write_text(
         f"data: {{source: files, path: {corpus}, cache_dir: {cache}}}\n"
-        f"tokenizer: {{type: {args.tokenizer}, vocab_size: {args.vocab}, "
+        f"tokenizer: {{type: {tokenizer}, vocab_size: {args.vocab}, "
         f"train_max_bytes: {args.train_max_bytes}}}\n"
         "log: {progress: false}\n"
     )
@@ -258,7 +269,7 @@ def run_row(spec: str, args: argparse.Namespace, paras: list[str]) -> dict:
     found = dict(re.findall(r"(\w+)=([\d.]+)", raws[-1]["output"].splitlines()[-1]))
     ratios = [c["seconds"] / r["seconds"] for c, r in zip(colds, raws)]
     row.update(
-        tokens=tokens, tokenizer=args.tokenizer,
+        tokens=tokens, tokenizer=tokenizer, sample_bytes=stats.get("tokenizer_sample_bytes"),
         cold_s=[c["seconds"] for c in colds], raw_s=[r["seconds"] for r in raws],
         time_ratio=ratios, time_ratio_median=statistics.median(ratios),
         cold_rss_mb=max(_rss(c) for c in colds), raw_rss_mb=max(_rss(r) for r in raws),
@@ -302,15 +313,16 @@ def format_stream_table(rows: list[dict]) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("| corpus | tokens | albert-gpt prepare, s per pair | floor, s per pair | time ratio per pair "
-            "(median) | prepare peak RSS | floor peak RSS | RSS ratio | warm s |")
-    lines = [head, "|" + "---|" * 9]
+    head = ("| corpus | tokens | BPE trained on | albert-gpt prepare, s per pair | floor, s per pair "
+            "| time ratio per pair (median) | prepare peak RSS | floor peak RSS | RSS ratio | warm s |")
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         files = f", {r['files']:,} files" if r["files"] > 1 else ""
         shape = "" if r.get("shape", "lines") == "lines" else f", {r['shape']}"
         tok = "" if r.get("tokenizer", "bpe") == "bpe" else f", {r['tokenizer']} tokenizer"
         lines.append(
             f"| {r['bytes'] / 1e6:,.0f} MB{files}{shape}{tok} | {r['tokens'] / 1e6:,.1f} M "
+            f"| {f'{sample / 1e6:,.1f} MB' if (sample := r.get('sample_bytes')) else '-'} "
             f"| {' / '.join(f'{x:,.1f}' for x in r['cold_s'])} "
             f"| {' / '.join(f'{x:,.1f}' for x in r['raw_s'])} "
             f"| {' / '.join(f'{x:.2f}' for x in r['time_ratio'])} ({r['time_ratio_median']:.2f}) "

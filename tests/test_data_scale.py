@@ -158,6 +158,39 @@ def test_bpe_sample_is_capped_and_spread_across_the_split():
     assert list(training_sample(docs, 10**9, total)) == docs
 
 
+def test_long_unbroken_runs_count_25_times_toward_the_sample_cap():
+    """Text without whitespace (which the BPE trainer holds as distinct words, 25 bytes of memory a byte)
+    counts LONG_RUN_WEIGHT times: a cap of 100 kB takes 4 kB of it, and all 100 kB of ordinary text; a run
+    one character short of LONG_RUN counts as ordinary text."""
+    from albert_gpt.data.tokenizer import LONG_RUN, LONG_RUN_WEIGHT, sample_cost
+
+    dense = ["".join(random.Random(i).choice("abc(){}=;,.é") for _ in range(1000)) for i in range(200)]
+    taken = list(training_sample(dense, 100_000, None))
+    assert sum(len(p.encode()) for p in taken) <= 100_000 // LONG_RUN_WEIGHT + len(dense[0].encode())
+    assert len(taken) == -(-100_000 // sample_cost(dense[0]))
+    words = ["ab" * 10 + " " for _ in range(10_000)]  # 210 kB of 20-character words
+    assert sum(len(p) for p in training_sample(words, 100_000, None)) >= 100_000
+    assert sample_cost("x" * (LONG_RUN - 1)) == LONG_RUN - 1
+    assert sample_cost("é" * LONG_RUN + " ab") == 2 * LONG_RUN + 3 + (LONG_RUN_WEIGHT - 1) * LONG_RUN
+
+
+
+def test_the_summary_says_how_many_bytes_bpe_was_trained_on(tmp_path, monkeypatch):
+    """A 60 kB file without whitespace under a 25 kB cap: BPE sees about 1 kB (25 times less) and the
+    summary says so."""
+    from albert_gpt.data.pipeline import format_stats
+
+    monkeypatch.setattr(documents, "PIECE_BYTES", 256)
+    monkeypatch.setattr(documents, "MAX_PIECE_BYTES", 1024)
+    path = tmp_path / "dense.txt"
+    path.write_text("".join(random.Random(5).choice("ab(){}=;,.x1") for _ in range(60_000)), encoding="utf-8")
+    prepared = prepare_data(config(tmp_path, path, {"type": "bpe", "vocab_size": 300, "train_max_bytes": 25_000}),
+                            progress=False)
+    sampled = prepared.stats["tokenizer_sample_bytes"]
+    assert 1000 <= sampled <= 1000 + 4 * 256
+    assert f"trained on {sampled:,} bytes of train" in format_stats(prepared)
+
+
 def test_bpe_trained_on_a_capped_sample_differs_only_when_the_corpus_is_larger(tmp_path, monkeypatch):
     """A cap above the corpus size trains the same BPE as no cap; a cap of a few pieces trains another."""
     monkeypatch.setattr(documents, "PIECE_BYTES", 64)
@@ -285,3 +318,47 @@ def test_every_space_cut_keeps_bpe_tokens(tmp_path):
     assert len(cuts) > 50
     for cut in cuts:
         assert tok.encode(raw[:cut].decode("utf-8")) + tok.encode(raw[cut:].decode("utf-8")) == whole, cut
+
+
+PEAK_OF_PREPARE = """
+import resource, sys
+from albert_gpt.cli import main
+code = main(["prepare", sys.argv[1]])
+print("MODULES", " ".join(m for m in ("torch", "datasets") if m in sys.modules))
+print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(code)
+"""
+
+
+def _prepare_in_a_fresh_process(tmp_path: Path, corpus: Path, name: str) -> tuple[int, str]:
+    """(max resident KB, heavy modules imported) of `albert-gpt prepare` on `corpus`, in its own process."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(
+        f"data: {{source: files, path: {corpus}, cache_dir: {tmp_path / name}}}\n"
+        "tokenizer: {type: bpe, vocab_size: 300, train_max_bytes: 1000000}\nlog: {progress: false}\n"
+    )
+    done = subprocess.run([sys.executable, "-c", PEAK_OF_PREPARE, str(cfg)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(" ", 1) if " " in line else (line, "") for line in done.stdout.splitlines())
+    return int(lines["MAXRSS_KB"]), lines["MODULES"].strip()
+
+
+def test_memory_of_prepare_does_not_grow_with_a_file_without_newlines(tmp_path):
+    """One line of 4 MB and one of 16 MB: the larger peaks less than 150 MB higher (the batch encoder's
+    threads make peaks vary by about 70 MB from run to run; before pieces were bounded, the whole line was
+    one string, about 190 bytes of memory per byte of text: 2.3 GB more here), and preparing a files corpus
+    imports neither torch nor datasets (about 300 MB)."""
+    peaks = {}
+    for mb in (4, 16):
+        corpus = tmp_path / f"line{mb}.txt"
+        with corpus.open("w", encoding="utf-8") as f:
+            for seed in range(mb):
+                f.write(one_long_line(140_000, seed=seed)[: 1 << 20] + " ")
+        assert b"\n" not in corpus.read_bytes()
+        peaks[mb], modules = _prepare_in_a_fresh_process(tmp_path, corpus, f"c{mb}")
+        assert modules == ""
+    assert peaks[16] - peaks[4] < 150 * 1024, peaks

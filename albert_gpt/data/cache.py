@@ -39,7 +39,7 @@ from albert_gpt.paths import (
 
 log = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 2  # bump when a change alters the tokens (or the metadata) written for the same inputs
+PIPELINE_VERSION = 3  # bump when a change alters the tokens (or the metadata) written for the same inputs
 META = "meta.json"
 TOKENIZER = "tokenizer.json"
 

@@ -160,6 +160,15 @@ def pieces_of(document: str | Iterable[str]) -> Iterator[str]:
         yield from document
 
 
+def stream_items(documents: Iterable[str | Iterable[str]]) -> Iterator[tuple[str, bool]]:
+    """(piece, starts a document) for every piece of every document, in order."""
+    for doc in documents:
+        first = True
+        for piece in pieces_of(doc):
+            yield piece, first
+            first = False
+
+
 def open_data_file(path: Path) -> BinaryIO:
     """A corpus file opened for reading, or a one-line DataError naming it (unreadable, gone, a folder)."""
     try:

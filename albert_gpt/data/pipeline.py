@@ -18,11 +18,12 @@ from typing import Any
 from albert_gpt.config import Config, TokenizerConfig
 from albert_gpt.data import cache
 from albert_gpt.data.cache import META, TOKENIZER, TokenSplit
+from albert_gpt.data.documents import stream_items
 from albert_gpt.data.packing import pack_split
 from albert_gpt.data.sources import Document, SourceDocs, hash_file, load_source, source_fingerprint
 from albert_gpt.data.splits import SPLITS, make_splits
-from albert_gpt.data.streaming import stream_items
 from albert_gpt.data.tokenizer import (
+    SampleTally,
     TextTokenizer,
     build_tokenizer,
     cut_rule,
@@ -91,7 +92,7 @@ def prepare_data(cfg: Config, progress: bool = True) -> PreparedData:
         log.info("building token cache %s", entry)
         source = load_source(cfg.data, cut_rule(cfg.tokenizer))
         build = _build_stream_head if cfg.data.streaming else _build
-        with _progress_bars(progress), cache.building_entry(root, fp) as tmp:
+        with _progress_bars(progress, cfg.data.source), cache.building_entry(root, fp) as tmp:
             cache.write_json_atomic(tmp / META, build(cfg, source, tmp, fp, progress))
         meta = cache.read_entry(entry, fp)
         if meta is None:
@@ -153,7 +154,8 @@ def _build(cfg: Config, source: SourceDocs, out: Path, fp: str, progress: bool) 
     train_bytes = getattr(source.splits["train"], "total_bytes", None)
     if train_bytes is not None and splits.documents["train"] is not source.splits["train"]:
         train_bytes = round(train_bytes * (1.0 - d.val_fraction - d.test_fraction))  # about its share
-    tokenizer = build_tokenizer(cfg.tokenizer, splits.documents["train"], progress, train_bytes)
+    tally = SampleTally()
+    tokenizer = build_tokenizer(cfg.tokenizer, splits.documents["train"], progress, train_bytes, tally)
     tokenizer.save(out / TOKENIZER)
     t1 = time.perf_counter()
     per_split = _pack_splits(splits.documents, tokenizer, out, not d.join_rows, progress, source.description)
@@ -164,7 +166,7 @@ def _build(cfg: Config, source: SourceDocs, out: Path, fp: str, progress: bool) 
     if source.forced_cuts:
         log.warning("%s: %d pieces cut with no newline or space to cut at (tokens at those cuts may differ "
                     "from encoding the text whole)", source.description, source.forced_cuts)
-    return _meta(cfg, source, splits.method, tokenizer, per_split, t1 - t0, t2 - t1, fp)
+    return _meta(cfg, source, splits.method, tokenizer, per_split, t1 - t0, t2 - t1, fp, tally)
 
 
 def _pack_splits(documents: Mapping[str, Iterable[Any]], tokenizer: TextTokenizer, out: Path,
@@ -186,7 +188,8 @@ def _pack_splits(documents: Mapping[str, Iterable[Any]], tokenizer: TextTokenize
 
 
 def _meta(cfg: Config, source: SourceDocs, method: str, tokenizer: TextTokenizer, per_split: dict[str, Any],
-          tokenizer_seconds: float, tokenize_seconds: float, fp: str, **extra: Any) -> dict[str, Any]:
+          tokenizer_seconds: float, tokenize_seconds: float, fp: str, tally: SampleTally | None = None,
+          **extra: Any) -> dict[str, Any]:
     """meta.json: what the entry holds, and the statistics `albert-gpt prepare` prints."""
     dtype = cache.token_dtype(tokenizer.vocab_size)
     n_tokens = sum(s["tokens"] for s in per_split.values())
@@ -194,6 +197,7 @@ def _meta(cfg: Config, source: SourceDocs, method: str, tokenizer: TextTokenizer
         "source": source.description, "split_method": method, "tokenizer": cfg.tokenizer.type,
         "vocab_size": tokenizer.vocab_size, "dtype": dtype.name, "invalid_utf8": source.invalid_utf8,
         "forced_cuts": source.forced_cuts,
+        "tokenizer_sample_bytes": tally.n_bytes if tally and cfg.tokenizer.type == "bpe" else None,
         "splits": per_split, "tokenizer_seconds": tokenizer_seconds, "tokenize_seconds": tokenize_seconds,
         "tokens_per_second": n_tokens / max(tokenize_seconds, 1e-9), "fingerprint": fp,
     }
@@ -215,7 +219,8 @@ def _build_stream_head(cfg: Config, source: SourceDocs, out: Path, fp: str, prog
     t0 = time.perf_counter()
     train_docs = source.splits["train"]
     head = training_sample(train_docs, cfg.tokenizer.train_max_bytes, None)
-    tokenizer = build_tokenizer(cfg.tokenizer, head, progress)
+    tally = SampleTally()
+    tokenizer = build_tokenizer(cfg.tokenizer, head, progress, tally=tally)
     tokenizer.save(out / TOKENIZER)
     t1 = time.perf_counter()
     n = d.stream_holdout_tokens
@@ -241,7 +246,8 @@ def _build_stream_head(cfg: Config, source: SourceDocs, out: Path, fp: str, prog
     carved = [name for name in ("val", "test") if name not in source.splits and wanted[name]]
     method = (f"streamed: {', '.join(carved) or 'nothing'} held out from the head of the stream "
               f"({n:,} tokens each, {skip:,} items skipped by training)")
-    return _meta(cfg, source, method, tokenizer, per_split, t1 - t0, t2 - t1, fp, stream={"skip_items": skip})
+    return _meta(cfg, source, method, tokenizer, per_split, t1 - t0, t2 - t1, fp, tally,
+                 stream={"skip_items": skip})
 
 
 def _take(items: Iterator[tuple[str, bool]], tokenizer: TextTokenizer, n_tokens: int
@@ -286,7 +292,9 @@ def format_stats(prepared: PreparedData) -> str:
     lines = [
         f"source      {s['source']}",
         f"splits      {s['split_method']}",
-        f"tokenizer   {s['tokenizer']}, vocabulary {s['vocab_size']:,} ({s['dtype']} tokens)",
+        f"tokenizer   {s['tokenizer']}, vocabulary {s['vocab_size']:,} ({s['dtype']} tokens)"
+        + (f", trained on {s['tokenizer_sample_bytes']:,} bytes of train" if s.get("tokenizer_sample_bytes")
+           else ""),
         f"{'split':<6}{'documents':>12}{'characters':>15}{'bytes':>15}{'tokens':>14}{'bytes/token':>13}",
     ]
     for name in SPLITS:
@@ -309,8 +317,12 @@ def format_stats(prepared: PreparedData) -> str:
 
 
 @contextlib.contextmanager
-def _progress_bars(enabled: bool) -> Iterator[None]:
-    """Turn datasets' tqdm bars off for the block when `enabled` is false, then restore them."""
+def _progress_bars(enabled: bool, source: str) -> Iterator[None]:
+    """Turn datasets' tqdm bars off for the block when `enabled` is false, then restore them. Only a hub
+    source reads through datasets: other sources do not import it (about 140 MB of resident memory)."""
+    if source != "hub":
+        yield
+        return
     import datasets
 
     was_disabled = datasets.are_progress_bars_disabled()

@@ -23,21 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from albert_gpt.data.documents import pieces_of
+from albert_gpt.data.documents import stream_items
 from albert_gpt.data.sources import Document
 from albert_gpt.data.tokenizer import TextTokenizer
 from albert_gpt.errors import DataError
 
 GROUP_CHARS = 1 << 20  # characters encoded together: the batch encoder's threads share them
-
-
-def stream_items(documents: Iterable[Document]) -> Iterator[tuple[str, bool]]:
-    """(piece, starts a document) for every piece of every document, in order."""
-    for doc in documents:
-        first = True
-        for piece in pieces_of(doc):
-            yield piece, first
-            first = False
 
 
 class TokenWindowStream(torch.utils.data.IterableDataset):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -207,10 +208,19 @@ def _guess_eot(backend: Tokenizer, spec: dict, path: Path) -> str:
     )
 
 
+@dataclass
+class SampleTally:
+    """What BPE was trained on: UTF-8 bytes and their cost toward tokenizer.train_max_bytes."""
+
+    n_bytes: int = 0
+    cost: int = 0
+
+
 def build_tokenizer(cfg: TokenizerConfig, train_documents: Iterable[Document], progress: bool,
-                    train_bytes: int | None = None) -> TextTokenizer:
+                    train_bytes: int | None = None, tally: SampleTally | None = None) -> TextTokenizer:
     """Train on the training split only (bpe, char), or read `tokenizer.path` (pretrained).
-    `train_bytes`: the split's size when known, so BPE's sample is spread across it."""
+    `train_bytes`: the split's size when known, so BPE's sample is spread across it; `tally` is
+    filled with what the sample held."""
     if cfg.type == "pretrained":
         return load_pretrained(cfg)
     if cfg.type == "char":
@@ -219,22 +229,45 @@ def build_tokenizer(cfg: TokenizerConfig, train_documents: Iterable[Document], p
             for piece in pieces_of(doc):
                 chars.update(piece)
         return TextTokenizer(CharVocab(chars, cfg.eot_token), cfg.eot_token)
-    sample = training_sample(train_documents, cfg.train_max_bytes, train_bytes)
+    sample = training_sample(train_documents, cfg.train_max_bytes, train_bytes, tally)
     return TextTokenizer(_train_bpe(cfg, sample, progress), cfg.eot_token)
 
 
-def training_sample(documents: Iterable[Document], max_bytes: int, total_bytes: int | None) -> Iterator[str]:
-    """Document pieces adding up to at most about `max_bytes` UTF-8 bytes (a piece is never cut): all of
-    them when the split is smaller; else, when its size is known, pieces spread evenly across it (each
-    taken while the bytes taken lag max_bytes / total of the bytes seen); else the first ones."""
+# A run of this many characters without whitespace is held by the BPE trainer as words that are mostly
+# distinct (minified data, a file without spaces, ids and hashes glued together), about 25 bytes of the
+# trainer's memory per byte, against about 2 for ordinary text: each such byte counts LONG_RUN_WEIGHT times
+# toward tokenizer.train_max_bytes, so the trainer's memory stays bounded on any text (docs/performance.md).
+LONG_RUN = 64
+LONG_RUN_WEIGHT = 25
+
+
+def sample_cost(piece: str, size: int | None = None) -> int:
+    """What a piece counts toward tokenizer.train_max_bytes: its UTF-8 bytes (`size`, when known), plus
+    LONG_RUN_WEIGHT - 1 per character inside a run of at least LONG_RUN non-whitespace characters."""
+    size = len(piece.encode("utf-8", "surrogatepass")) if size is None else size
+    long_runs = sum(len(word) for word in piece.split() if len(word) >= LONG_RUN)
+    return size + (LONG_RUN_WEIGHT - 1) * long_runs
+
+
+def training_sample(documents: Iterable[Document], max_bytes: int, total_bytes: int | None,
+                    tally: SampleTally | None = None) -> Iterator[str]:
+    """Document pieces whose costs (sample_cost: bytes, long unbroken runs weighted) add up to at most about
+    `max_bytes` (a piece is never cut): all of them when the split is smaller; else, when its size is
+    known, pieces spread evenly across it (each taken while the cost taken lags max_bytes / total of the
+    cost seen); else the first ones. Text of long runs therefore ends the sample early, in the split's
+    first part. `tally`, when given, adds up what was taken."""
+    tally = tally if tally is not None else SampleTally()
     share = 1.0 if not total_bytes or total_bytes <= max_bytes else max_bytes / total_bytes
     seen = taken = 0
     for doc in documents:
         for piece in pieces_of(doc):
             size = len(piece.encode("utf-8", "surrogatepass"))
-            seen += size
+            cost = sample_cost(piece, size)
+            seen += cost
             if taken < seen * share:
-                taken += size
+                taken += cost
+                tally.n_bytes += size
+                tally.cost += cost
                 yield piece
             if taken >= max_bytes:
                 return
