@@ -263,8 +263,8 @@ class TokenizerConfig:
     min_frequency: int = opt(2, "bpe: minimum pair frequency for a merge", min=1)
     train_max_bytes: int = opt(
         200_000_000, "bpe: train on at most this many bytes of the training split, taken evenly across it; a "
-        "byte in a run of 64+ characters without whitespace counts 25 times (memory and time of training stay "
-        "bounded on any corpus: lower it to bound them lower)", min=1,
+        "byte in a run of 64+ characters without whitespace counts 25 times (memory and time of training "
+        "stay bounded on any corpus: lower it to bound them lower)", min=1,
     )
     path: str | None = opt(
         None, "pretrained: a tokenizer.json, a folder holding one, or a hub model name (e.g. gpt2)"

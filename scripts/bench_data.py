@@ -345,7 +345,7 @@ def write_table(doc: Path, result: dict, stream: bool) -> None:
                f"({m['processor']}), BPE vocabulary {result['vocab']:,}, "
                f"tokenizer.train_max_bytes {result['train_max_bytes']:,}, adjacent pairs, peak RSS by "
                f"{rss_source}, "
-               f"tokenizers {m['tokenizers']}; {result['date']}.")
+               f"tokenizers {m['tokenizers']}; commit {result.get('commit', 'unknown')}, {result['date']}.")
     table = format_stream_table(result["rows"]) if stream else format_table(result["rows"])
     block = f"{start}\n{caption}\n\n{table}\n{end}"
     before, rest = text.split(start, 1)
@@ -375,6 +375,8 @@ def main() -> None:
     result = {
         "rows": rows, "vocab": args.vocab, "train_max_bytes": args.train_max_bytes,
         "date": time.strftime("%Y-%m-%d"),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip() or "unknown",
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "tokenizers": tokenizers.__version__},
     }

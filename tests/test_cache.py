@@ -218,3 +218,23 @@ def test_split_record_reads_the_largest_id_and_hash_in_one_chunked_pass(tmp_path
     empty = tmp_path / "val.bin"
     empty.write_bytes(b"")
     assert split_record(empty, np.dtype(dtype))["max_id"] == -1
+
+
+def test_the_hash_and_largest_id_taken_while_writing_equal_a_read_back(tmp_path):
+    """meta.json's sha256 and max_id come from pack_split as it writes; reading each token file back with
+    split_record (and hashlib on its bytes) gives the same record."""
+    import hashlib
+
+    from albert_gpt.data.cache import split_record
+
+    write_corpus(tmp_path / "corpus")
+    prepared = prepare_data(make_cfg(tmp_path), progress=False)
+    meta = json.loads((prepared.cache_dir / "meta.json").read_text())
+    dtype = np.dtype(meta["dtype"])
+    for name, split in meta["splits"].items():
+        path = prepared.cache_dir / f"{name}.bin"
+        assert split["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        recorded = {k: split[k] for k in ("sha256", "max_id", "file_bytes", "mtime_ns")}
+        assert recorded == split_record(path, dtype)
+        tokens = np.fromfile(path, dtype=dtype)
+        assert split["max_id"] == (int(tokens.max()) if len(tokens) else -1)

@@ -184,8 +184,8 @@ def test_the_summary_says_how_many_bytes_bpe_was_trained_on(tmp_path, monkeypatc
     monkeypatch.setattr(documents, "MAX_PIECE_BYTES", 1024)
     path = tmp_path / "dense.txt"
     path.write_text("".join(random.Random(5).choice("ab(){}=;,.x1") for _ in range(60_000)), encoding="utf-8")
-    prepared = prepare_data(config(tmp_path, path, {"type": "bpe", "vocab_size": 300, "train_max_bytes": 25_000}),
-                            progress=False)
+    tokenizer = {"type": "bpe", "vocab_size": 300, "train_max_bytes": 25_000}
+    prepared = prepare_data(config(tmp_path, path, tokenizer), progress=False)
     sampled = prepared.stats["tokenizer_sample_bytes"]
     assert 1000 <= sampled <= 1000 + 4 * 256
     assert f"trained on {sampled:,} bytes of train" in format_stats(prepared)

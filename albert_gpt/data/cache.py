@@ -72,10 +72,16 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False))
 
 
+def written_record(path: Path, sha256: str, max_id: int) -> dict[str, Any]:
+    """What meta.json keeps to recognise a token file later: sha256 and largest id (taken while the file
+    was written, packing.pack_split), size and mtime."""
+    stat = path.stat()
+    return {"sha256": sha256, "max_id": max_id, "file_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def split_record(path: Path, dtype: np.dtype) -> dict[str, Any]:
-    """What meta.json keeps to recognise a token file later: sha256, largest id, size and mtime. One
-    chunked read gives both the hash and the largest id: a memory map's max would pull every page of
-    the file into this process's resident memory (2 bytes a token, for nothing)."""
+    """written_record of a token file read back: one chunked read gives both the hash and the largest id
+    (a memory map's max would pull every page of the file into this process's resident memory)."""
     digest = hashlib.sha256()
     largest = -1
     with path.open("rb") as f:

@@ -8,6 +8,7 @@ and its ids, whatever the corpus size.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class PackedCounts:
     n_bytes: int = 0
     n_chars: int = 0
     n_documents: int = 0
+    sha256: str = ""  # of the token file, taken as it is written (nothing reads it back)
+    max_id: int = -1  # its largest id, likewise
 
 
 def pack_split(
@@ -43,12 +46,18 @@ def pack_split(
     from tqdm.auto import tqdm
 
     counts = PackedCounts()
+    digest = hashlib.sha256()
     with path.open("wb") as f, tqdm(desc=desc, unit="tok", unit_scale=True, disable=not progress,
                                     leave=False) as bar:
         for ids in encode_stream(documents, tokenizer, separate, counts):
-            f.write(ids.astype(dtype, copy=False).tobytes())
+            raw = ids.astype(dtype, copy=False).tobytes()
+            f.write(raw)
+            digest.update(raw)
+            if len(ids):
+                counts.max_id = max(counts.max_id, int(ids.max()))
             counts.tokens += len(ids)
             bar.update(len(ids))
+    counts.sha256 = digest.hexdigest()
     return counts
 
 

@@ -176,7 +176,7 @@ def _pack_splits(documents: Mapping[str, Iterable[Any]], tokenizer: TextTokenize
     for name in SPLITS:
         counts = pack_split(documents[name], tokenizer, out / f"{name}.bin", dtype,
                             separate=separate, desc=f"tokenizing {name}", progress=progress)
-        record = cache.split_record(out / f"{name}.bin", dtype)
+        record = cache.written_record(out / f"{name}.bin", counts.sha256, counts.max_id)
         if record["max_id"] >= tokenizer.vocab_size:
             raise DataError(f"tokenizing {name}: id {record['max_id']} is outside the tokenizer's "
                             f"{tokenizer.vocab_size} ids (a tokenizer.json with gaps in its ids?)")
