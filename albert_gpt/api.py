@@ -15,10 +15,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from albert_gpt.config import Config, load_config
 from albert_gpt.training.callbacks import CSVLogger, TrainingCallback
+
+if TYPE_CHECKING:  # imported for real on first use: the API's import stays light
+    import torch
+
+    from albert_gpt.data.tokenizer import TextTokenizer
+    from albert_gpt.modeling.base import CausalLM
 
 __all__ = [
     "CSVLogger",
@@ -68,10 +74,10 @@ class LoadedRun:
     run_dir: Path
     checkpoint: str | None
     cfg: Config
-    model: Any  # modeling.base.CausalLM
-    tokenizer: Any  # data.tokenizer.TextTokenizer
-    device: Any  # torch.device
-    dtype: Any  # torch.dtype
+    model: CausalLM
+    tokenizer: TextTokenizer
+    device: torch.device
+    dtype: torch.dtype
 
 
 def load_run(

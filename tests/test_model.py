@@ -177,6 +177,18 @@ def test_factorized_embedding_and_tied_head():
     torch.testing.assert_close(model(idx)[0], expected, atol=1e-5, rtol=1e-5)
 
 
+def test_parameter_order_is_the_order_checkpoints_hold():
+    """Built through CausalLM's shared helper, a factorized model still registers head_proj last: the order
+    of parameters is the order of the init's draws and of a saved optimizer state."""
+    def order(**kw: object) -> list[str]:
+        return list(dict.fromkeys(n.split(".")[0] for n, _ in AlbertGPT(tiny(**kw)).named_parameters()))
+
+    assert order(embedding_dim=8) == ["tok_emb", "emb_proj", "pos_emb", "blocks", "head_proj"]  # post-LN
+    assert order(embedding_dim=8, norm_placement="pre") == [
+        "tok_emb", "emb_proj", "pos_emb", "blocks", "final_norm", "head_proj"]
+    assert order() == ["tok_emb", "pos_emb", "blocks"]
+
+
 def test_gpt2_init_scales_residual_projections():
     """Weights ~ N(0, 0.02), output projections ~ N(0, 0.02/sqrt(2N)), zero biases, unit gammas."""
     torch.manual_seed(0)

@@ -22,7 +22,10 @@ import torch
 from safetensors.torch import save_file
 
 from albert_gpt.checkpoint import load_run_checkpoint, require_run_dir
+from albert_gpt.config import Config
 from albert_gpt.errors import ConfigError
+from albert_gpt.modeling.base import CausalLM
+from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.modeling.wiring import wiring
 from albert_gpt.paths import UnsafePath, delete, entries, is_inside, marker_kind, only, write_marker
 
@@ -41,13 +44,14 @@ def _unique(modules: list[torch.nn.Module]) -> tuple[list[torch.nn.Module], list
     return order, [distinct[id(m)] for m in modules]
 
 
-def hf_state_and_config(cfg: Any, model: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def hf_state_and_config(cfg: Config, model: CausalLM) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The exported tensors (each shared module once) and the config's model fields with its sharing map."""
     m = cfg.model
     if m.arch != "transformer":
         raise ConfigError(f"export writes transformer models; this run's model.arch is {m.arch}")
     if m.norm not in EXPORTABLE_NORMS:
         raise ConfigError(f"export supports model.norm {', '.join(EXPORTABLE_NORMS)}; this run uses {m.norm}")
+    assert isinstance(model, AlbertGPT)  # what model.arch transformer builds
     depths = [model.blocks[i] for i in model.schedule]
     wired = wiring(m)
     groups = {}
@@ -245,7 +249,7 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _model_card(run_dir: Path, checkpoint: Path, cfg: Any) -> str:
+def _model_card(run_dir: Path, checkpoint: Path, cfg: Config) -> str:
     m = cfg.model
     sharing = "one block shared by every layer" if m.n_groups == 1 else f"{m.n_groups} distinct blocks"
     return f"""# {run_dir.name}

@@ -16,15 +16,19 @@ import math
 import typing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from albert_gpt.config import Config
 from albert_gpt.errors import ConfigError, DataError
 from albert_gpt.runtime import autocast
+
+if TYPE_CHECKING:  # the data stack is imported where a split is read
+    from albert_gpt.data.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +231,9 @@ def evaluate_run(
 
 def evaluate_loaded(
     run_dir: Path,
-    cfg: Any,
+    cfg: Config,
     model: torch.nn.Module,
-    tokenizer: Any,
+    tokenizer: TextTokenizer,
     device: torch.device,
     dtype: torch.dtype,
     split: str = "val",
@@ -286,7 +290,7 @@ def inference_device(device: str | None, dtype: str | None) -> tuple[torch.devic
     return resolved, resolve_dtype(run, resolved)
 
 
-def _split_tokens(cfg: Any, run_dir: Path, split: str, tokenizer: Any,
+def _split_tokens(cfg: Config, run_dir: Path, split: str, tokenizer: TextTokenizer,
                   progress: bool) -> tuple[np.ndarray, int, str]:
     from albert_gpt.data.pipeline import prepare_data, read_data_record
 
@@ -314,11 +318,11 @@ def _split_tokens(cfg: Any, run_dir: Path, split: str, tokenizer: Any,
     return tokens.tokens, tokens.n_bytes, f"split {split!r} of {run_dir}"
 
 
-def _tokenizer_sha256(tokenizer: Any) -> str:
+def _tokenizer_sha256(tokenizer: TextTokenizer) -> str:
     return hashlib.sha256(tokenizer.to_json().encode("utf-8")).hexdigest()
 
 
-def _text_tokens(path: Path, tokenizer: Any) -> tuple[np.ndarray, int]:
+def _text_tokens(path: Path, tokenizer: TextTokenizer) -> tuple[np.ndarray, int]:
     """The file's text as one document after a boundary: the end-of-text token, then its tokens (so its
     first token is predicted from the boundary, as the first token of every document in training); and
     the text's size in UTF-8 bytes."""

@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from albert_gpt.config import ModelConfig
-from albert_gpt.errors import ConfigError
-from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, padded_vocab_size, torch_default_init
+from albert_gpt.modeling.base import CausalLM, Tracer, lm_loss, torch_default_init
 from albert_gpt.modeling.layers import CausalSelfAttention, FeedForward, KVCache
 from albert_gpt.modeling.norms import build_norm, reset_norms
 from albert_gpt.modeling.sharing import build_stack
@@ -25,20 +24,14 @@ class AlbertGPT(CausalLM):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.vocab_size is None:
-            raise ConfigError("model.vocab_size is not set (take it from the tokenizer before building)")
-        self.cfg = cfg
-        self.vocab_size = cfg.vocab_size
-        E = cfg.embedding_dim or cfg.n_embd
-        factorized = E < cfg.n_embd
-        self.tok_emb = nn.Embedding(padded_vocab_size(cfg), E)
-        self.emb_proj = nn.Linear(E, cfg.n_embd, bias=cfg.bias) if factorized else None
+        self._build_embeddings_and_head(cfg)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
-        self.dropout = nn.Dropout(cfg.dropout)
         self.blocks, self.schedule = build_stack(cfg)
         self.final_norm = build_norm(cfg) if needs_final_norm(cfg) else nn.Identity()
-        # The head reuses tok_emb's weight; when E < H it first projects H -> E.
-        self.head_proj = nn.Linear(cfg.n_embd, E, bias=cfg.bias) if factorized else None
+        if self.head_proj is not None:
+            # Registered last, where it has always been: the order of parameters is the order of the
+            # init's draws and of a checkpoint's optimizer state.
+            self._modules["head_proj"] = self._modules.pop("head_proj")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from albert_gpt.config import Config
+
 
 class TrainingCallback:
     """Hooks the trainer calls; every one does nothing unless overridden."""
 
-    def on_train_start(self, cfg: Any, run_dir: Path, start_step: int) -> None:
+    def on_train_start(self, cfg: Config, run_dir: Path, start_step: int) -> None:
         """Before the first step; `start_step` is the step a resumed run continues from (0 otherwise)."""
 
     def on_log(self, step: int, scalars: dict[str, float]) -> None:
@@ -38,7 +40,7 @@ class CSVLogger(TrainingCallback):
         self._file: Any = None
         self._writer: Any = None
 
-    def on_train_start(self, cfg: Any, run_dir: Path, start_step: int) -> None:
+    def on_train_start(self, cfg: Config, run_dir: Path, start_step: int) -> None:
         self.path = self.path or Path(run_dir) / "metrics.csv"
         kept: list[list[str]] = []
         if start_step > 0 and self.path.is_file():

@@ -19,12 +19,14 @@ from typing import Any
 import torch
 
 from albert_gpt.config import load_config
+from albert_gpt.modeling.base import CausalLM
 from albert_gpt.study.claims.common import (
     eval_loss,
     prepared_data,
     probe_batch,
     runs_where,
     train_model,
+    transformer_blocks,
     unigram_loss,
 )
 from albert_gpt.study.claims.ledger import Analysis, Claim
@@ -64,7 +66,7 @@ def cells(size: str) -> list[dict[str, Any]]:
             for arm in ARMS for name in LRS for s in SEEDS[size]]
 
 
-def attention_stats(model: Any, idx: torch.Tensor) -> tuple[list[float], list[float]]:
+def attention_stats(model: CausalLM, idx: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per layer application: (largest |attention logit|, lowest head entropy in nats) on `idx`, computed
     from the attention's own input and its q/k projection; the model is left as it was."""
     inputs: dict[int, torch.Tensor] = {}
@@ -81,7 +83,7 @@ def attention_stats(model: Any, idx: torch.Tensor) -> tuple[list[float], list[fl
             model(idx, tracer=tracer)
             largest, lowest = [], []
             for depth, i in enumerate(model.schedule):
-                attn = model.blocks[i].attn
+                attn = transformer_blocks(model)[i].attn
                 x = inputs[depth]  # (B, T, H)
                 B, T, H = x.shape
                 q, k, _ = attn.qkv(x).split(H, dim=2)
@@ -114,7 +116,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
     x, _ = probe_batch(data, cfg)
     checks: list[dict[str, Any]] = []
 
-    def record(step: int, model: Any) -> None:
+    def record(step: int, model: CausalLM) -> None:
         if step % CHECK_EVERY == 0:
             largest, lowest = attention_stats(model, x)
             if all(math.isfinite(v) for v in largest + lowest):

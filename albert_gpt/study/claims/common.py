@@ -10,7 +10,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -19,10 +19,14 @@ from albert_gpt.data.batches import RandomWindowSampler
 from albert_gpt.errors import TrainingError
 from albert_gpt.inference.evaluate import evaluate_tokens
 from albert_gpt.modeling.base import CausalLM
+from albert_gpt.modeling.block import Block
 from albert_gpt.modeling.factory import build_model as build_lm
 from albert_gpt.training.optim import build_optimizer, lr_at, set_lr
 from albert_gpt.training.step import NonFiniteGuard, train_step
 from albert_gpt.training.unigram import unigram_perplexity
+
+if TYPE_CHECKING:  # the workers import the data stack where a claim prepares its corpus
+    from albert_gpt.data.pipeline import PreparedData
 
 # Each arm changes one thing against post-LN; "no norm + final LN" keeps the normalized stream in
 # front of the head, so it differs from post-LN only inside the blocks.
@@ -43,10 +47,16 @@ def sharing_overrides(sharing: str, n_layers: int) -> list[str]:
     return ["model.n_groups=1"] if sharing == "shared" else [f"model.n_groups={n_layers}"]
 
 
-_PREPARED: dict[str, Any] = {}
+def transformer_blocks(model: CausalLM) -> list[Block]:
+    """The model's distinct blocks, for rows that read a transformer's sub-layers (torch types a
+    ModuleList's items as plain modules)."""
+    return [cast(Block, block) for block in model.blocks]
 
 
-def prepared_data(cfg: Config) -> Any:
+_PREPARED: dict[str, PreparedData] = {}
+
+
+def prepared_data(cfg: Config) -> PreparedData:
     """The config's token splits, prepared once per process (the cache on disk is shared)."""
     from albert_gpt.data.pipeline import prepare_data
 
@@ -71,7 +81,7 @@ class Trained:
 
 def train_model(
     cfg: Config,
-    data: Any,
+    data: PreparedData,
     on_step: Callable[[int, CausalLM], None] | None = None,
     batch_of: Callable[[int, int], tuple[torch.Tensor, ...]] | None = None,
     wrap: Callable[[CausalLM], torch.nn.Module] | None = None,
@@ -127,7 +137,7 @@ def train_model(
 
 def eval_loss(
     model: CausalLM,
-    data: Any,
+    data: PreparedData,
     cfg: Config,
     split: str = "val",
     batches: int = 8,
@@ -149,7 +159,7 @@ def eval_loss(
     return float(result["loss"])
 
 
-def unigram_loss(data: Any) -> float:
+def unigram_loss(data: PreparedData) -> float:
     """The loss of the trainer's unigram reference (training-split frequencies) on validation."""
     vocab = data.tokenizer.vocab_size
     return math.log(unigram_perplexity(data.splits["train"].tokens, data.splits["val"].tokens, vocab))
@@ -160,7 +170,7 @@ def arm_seed_cells(arms: Any, seeds: tuple[int, ...]) -> list[dict[str, Any]]:
     return [{"arm": arm, "seed": seed} for arm in arms for seed in seeds]
 
 
-def probe_batch(data: Any, cfg: Config, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def probe_batch(data: PreparedData, cfg: Config, batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed training windows for measurements at initialization or between steps."""
     sampler = RandomWindowSampler(data.splits["train"].tokens, cfg.model.block_size, batch_size, EVAL_SEED)
     return sampler.batch(0)

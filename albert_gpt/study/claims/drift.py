@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from albert_gpt.config import load_config
+from albert_gpt.modeling.base import CausalLM
 from albert_gpt.study.claims.common import (
     ARMS,
     arm_seed_cells,
@@ -30,6 +31,7 @@ from albert_gpt.study.claims.common import (
     probe_batch,
     runs_where,
     train_model,
+    transformer_blocks,
     unigram_loss,
 )
 from albert_gpt.study.claims.ledger import Analysis, Claim
@@ -81,7 +83,7 @@ def drift(before: tuple[torch.Tensor, torch.Tensor], after: tuple[torch.Tensor, 
 
 
 def sublayer_inputs(
-    model: Any, idx: torch.Tensor
+    model: CausalLM, idx: torch.Tensor
 ) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
     """Moments of what each sub-layer reads, per (application, "attn" | "ffn"): the tensor handed to the
     attention or FFN module itself, whatever the placement (forward pre-hooks, called in depth order)."""
@@ -95,7 +97,8 @@ def sublayer_inputs(
 
         return hook
 
-    modules = {id(m): (name, m) for b in model.blocks for name, m in (("attn", b.attn), ("ffn", b.ffn))}
+    blocks = transformer_blocks(model)
+    modules = {id(m): (name, m) for b in blocks for name, m in (("attn", b.attn), ("ffn", b.ffn))}
     hooks = [m.register_forward_pre_hook(reader(name)) for name, m in modules.values()]
     was = model.training
     model.eval()
@@ -115,8 +118,8 @@ class InjectedNoise:
     redrawn by `redraw()`. The last norm call feeds the output head, not a sub-layer, and stays clean. `on`
     turns it off for evaluation (the noise's expected value is the identity)."""
 
-    def __init__(self, model: Any, level: float, seed: int) -> None:
-        norms = {id(n): n for b in model.blocks for n in (b.attn_norm, b.ffn_norm)}
+    def __init__(self, model: CausalLM, level: float, seed: int) -> None:
+        norms = {id(n): n for b in transformer_blocks(model) for n in (b.attn_norm, b.ffn_norm)}
         self.calls = 2 * len(model.schedule)  # norm calls per forward pass
         self.width = model.cfg.n_embd
         self.level = level
@@ -157,7 +160,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
     curve: list[list[float | None]] = []  # [step, val loss] every 50 steps
     noise: list[InjectedNoise] = []
 
-    def record(step: int, model: Any) -> None:
+    def record(step: int, model: CausalLM) -> None:
         if noisy and not noise:
             noise.append(InjectedNoise(model, float(level or 0.0), NOISE_SEED + cell["seed"]))
         if step % EVERY == 0:

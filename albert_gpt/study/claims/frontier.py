@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_gpt.config import load_config
+from albert_gpt.modeling.base import CausalLM
 from albert_gpt.study.claims.common import eval_loss, prepared_data, runs_where, train_model, unigram_loss
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.rules import (
@@ -85,7 +86,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
     data = prepared_data(cfg)
     at_init: list[float] = []
 
-    def record(step: int, model: Any) -> None:
+    def record(step: int, model: CausalLM) -> None:
         if step == 0:
             at_init.append(eval_loss(model, data, cfg))
 

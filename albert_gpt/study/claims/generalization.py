@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_gpt.config import load_config
+from albert_gpt.modeling.base import CausalLM
 from albert_gpt.study.claims.common import (
     ARMS,
     arm_seed_cells,
@@ -62,7 +63,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
     data = prepared_data(cfg)
     curve: list[list[float]] = []
 
-    def record(step: int, model: Any) -> None:
+    def record(step: int, model: CausalLM) -> None:
         if step % EVERY == 0:
             curve.append([step, eval_loss(model, data, cfg, "train"), eval_loss(model, data, cfg, "test")])
             model.train()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -29,6 +29,45 @@ from albert_gpt.study.claims.rules import VERDICTS, Evidence, Rule, judge
 DOCS = Path("docs")
 LEDGER_FILE = DOCS / "claims.md"
 RESULTS_DIR = DOCS / "claims"
+
+# A cell is one point of a claim's grid (its arm, seed, depth, lr...: keys of the claim's own choosing), and
+# a cell's result is that cell with the claim's measurements added plus "seconds"; each claim module documents
+# its keys in `cells` and `measure`.
+Cell = dict[str, Any]
+CellResult = dict[str, Any]
+
+
+class RuleRecord(TypedDict):
+    text: str
+    sha256: str
+
+
+class VerdictRecord(TypedDict):
+    verdict: str
+    reason: str
+
+
+class MachineRecord(TypedDict):
+    torch: str
+    python: str
+    processor: str
+    workers: int
+
+
+class ResultsRecord(TypedDict):
+    """docs/claims/<name>.json as run_claim writes it (files of the first edition lack the NotRequired
+    keys: provenance_problem says why such a file cannot stand)."""
+
+    claim: str
+    name: str
+    size: str
+    rule: NotRequired[RuleRecord]
+    commit: NotRequired[str]
+    verdict: NotRequired[VerdictRecord]
+    cells: list[CellResult]
+    wall_seconds_this_call: NotRequired[float]
+    cell_seconds_total: NotRequired[float]
+    machine: NotRequired[MachineRecord]
 
 
 @dataclass(frozen=True)
@@ -52,16 +91,16 @@ class Claim:
     # The rule as data (rules.Rule: written and committed before the runs; it renders its own sentence)
     # and what the results give it (rules.Evidence); rules.judge computes the verdict from both.
     decision: Rule
-    evidence: Callable[[list[dict[str, Any]]], Evidence]
-    cells: Callable[[str], list[dict[str, Any]]]  # size ("cpu" | "gpu") -> one dict per cell (smoke_cells)
-    measure: Callable[[dict[str, Any]], dict[str, Any]]  # runs in a worker; must be a module-level function
-    analyze: Callable[[list[dict[str, Any]]], Analysis]  # the verdict (from judge) and the results table
-    figure: Callable[[list[dict[str, Any]], Path], None] | None = None
+    evidence: Callable[[list[CellResult]], Evidence]
+    cells: Callable[[str], list[Cell]]  # size ("cpu" | "gpu") -> one dict per cell (smoke_cells)
+    measure: Callable[[Cell], dict[str, Any]]  # runs in a worker; must be a module-level function
+    analyze: Callable[[list[CellResult]], Analysis]  # the verdict (from judge) and the results table
+    figure: Callable[[list[CellResult], Path], None] | None = None
     # Curves worth browsing, written as TensorBoard event files under the work directory.
-    tensorboard: Callable[[list[dict[str, Any]], Path], None] | None = None
+    tensorboard: Callable[[list[CellResult], Path], None] | None = None
     # What was found, in plain words with the measured numbers (generated from the results), for rows a
     # newcomer should read first: shown at the top of docs/claims.md and in the README's findings block.
-    summary: Callable[[list[dict[str, Any]]], str] | None = None
+    summary: Callable[[list[CellResult]], str] | None = None
 
     def rule_text(self) -> str:
         return self.decision.text()
@@ -69,13 +108,13 @@ class Claim:
     def rule_sha256(self) -> str:
         return hashlib.sha256(self.rule_text().encode("utf-8")).hexdigest()
 
-    def verdict_of(self, results: list[dict[str, Any]]) -> tuple[str, str, str]:
+    def verdict_of(self, results: list[CellResult]) -> tuple[str, str, str]:
         """(verdict, reason, headline) of results under the current rule."""
         judged = judge(self.decision, self.evidence(results))
         return judged.verdict, judged.reason, judged.headline()
 
 
-def smoke_cells(claim: Claim) -> list[dict[str, Any]]:
+def smoke_cells(claim: Claim) -> list[Cell]:
     """`--size smoke`: a few cells of the cpu grid that exercise every arm's code once (the first seed, one
     cell per arm, else the first two cells), for CI and for checking a claim's code before a long run.
     Far too few seeds for the rule: its verdict is never a result."""
@@ -83,13 +122,13 @@ def smoke_cells(claim: Claim) -> list[dict[str, Any]]:
     first_seed = [c for c in cells if c.get("seed") == cells[0].get("seed")]
     if not any("arm" in c for c in first_seed):
         return first_seed[:2]
-    by_arm: dict[Any, dict[str, Any]] = {}
+    by_arm: dict[Any, Cell] = {}
     for c in first_seed:
         by_arm.setdefault(c.get("arm"), c)
     return list(by_arm.values())
 
 
-def cell_key(cell: dict[str, Any]) -> str:
+def cell_key(cell: Cell) -> str:
     return ",".join(f"{k}={cell[k]}" for k in sorted(cell))
 
 
@@ -97,8 +136,7 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # tiny models: a second thread per worker only adds contention
 
 
-def _measure(measure: Callable[[dict[str, Any]], dict[str, Any]], cell: dict[str, Any]
-             ) -> tuple[str, dict[str, Any]]:
+def _measure(measure: Callable[[Cell], dict[str, Any]], cell: Cell) -> tuple[str, CellResult]:
     """One cell, in a worker: `measure` is the claim module's own function (pickled by name), so the
     worker imports that module alone, not the registry of every claim."""
     started = time.perf_counter()
@@ -121,7 +159,7 @@ def run_claim(
     cells = smoke_cells(claim) if size == "smoke" else claim.cells(size)
     cache = work_dir / claim.name / size
     cache.mkdir(parents=True, exist_ok=True)
-    done: dict[str, dict[str, Any]] = {}
+    done: dict[str, CellResult] = {}
     for cell in cells:
         path = cache / f"{cell_key(cell)}.json"
         if path.is_file() and not fresh:
@@ -152,32 +190,26 @@ def run_claim(
     results_dir.mkdir(parents=True, exist_ok=True)
     out = results_dir / f"{claim.name}.json"
     verdict, reason, _ = claim.verdict_of(results)
-    out.write_text(
-        json.dumps(
-            {
-                "claim": claim.letter,
-                "name": claim.name,
-                "size": size,
-                # Pre-registration, checkable: the rule as it was when these cells were judged, the code
-                # that measured them, and the verdict computed then.
-                "rule": {"text": claim.rule_text(), "sha256": claim.rule_sha256()},
-                "commit": commit,
-                "verdict": {"verdict": verdict, "reason": reason},
-                "cells": results,
-                "wall_seconds_this_call": round(time.perf_counter() - started, 1),
-                "cell_seconds_total": round(sum(r.get("seconds", 0.0) for r in results), 1),
-                "machine": {
-                    "torch": torch.__version__,
-                    "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine(),
-                    "workers": workers,
-                },
-            },
-            indent=1,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    record: ResultsRecord = {
+        "claim": claim.letter,
+        "name": claim.name,
+        "size": size,
+        # Pre-registration, checkable: the rule as it was when these cells were judged, the code
+        # that measured them, and the verdict computed then.
+        "rule": {"text": claim.rule_text(), "sha256": claim.rule_sha256()},
+        "commit": commit,
+        "verdict": {"verdict": verdict, "reason": reason},
+        "cells": results,
+        "wall_seconds_this_call": round(time.perf_counter() - started, 1),
+        "cell_seconds_total": round(sum(r.get("seconds", 0.0) for r in results), 1),
+        "machine": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+            "workers": workers,
+        },
+    }
+    out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     if claim.figure is not None:
         claim.figure(results, results_dir / f"{claim.name}.png")
     if claim.tensorboard is not None:
@@ -185,22 +217,22 @@ def run_claim(
     return out
 
 
-def _keep(cache: Path, done: dict[str, dict[str, Any]], measured: tuple[str, dict[str, Any]]) -> None:
+def _keep(cache: Path, done: dict[str, CellResult], measured: tuple[str, CellResult]) -> None:
     key, result = measured
     (cache / f"{key}.json").write_text(json.dumps(result), encoding="utf-8")
     done[key] = result
 
 
-def load_results(claim: Claim, results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]] | None:
+def load_results(claim: Claim, results_dir: Path = RESULTS_DIR) -> list[CellResult] | None:
     record = load_record(claim, results_dir)
     return None if record is None else record["cells"]
 
 
-def load_record(claim: Claim, results_dir: Path = RESULTS_DIR) -> dict[str, Any] | None:
+def load_record(claim: Claim, results_dir: Path = RESULTS_DIR) -> ResultsRecord | None:
     path = results_dir / f"{claim.name}.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return cast(ResultsRecord, json.loads(path.read_text(encoding="utf-8")))
 
 
 def code_commit() -> str:
@@ -217,7 +249,7 @@ def code_commit() -> str:
     return head + ("+uncommitted" if dirty else "")
 
 
-def provenance_problem(claim: Claim, record: dict[str, Any]) -> str | None:
+def provenance_problem(claim: Claim, record: ResultsRecord) -> str | None:
     """Why a results file cannot stand as pre-registered evidence for the claim's current rule; None when
     it can: it records the current rule's hash and was measured by committed code."""
     rule = record.get("rule")
@@ -309,7 +341,7 @@ def write_findings(claims: list[Claim], readme: Path, results_dir: Path = RESULT
     return True
 
 
-def judged_row(claim: Claim, record: dict[str, Any] | None) -> tuple[str, str, str, Analysis | None]:
+def judged_row(claim: Claim, record: ResultsRecord | None) -> tuple[str, str, str, Analysis | None]:
     """(verdict as shown, reason, headline, analysis) of a claim's results file under its current rule."""
     if not record or not record.get("cells"):
         return "not run yet", "", "-", None
@@ -332,7 +364,7 @@ def _anchor(title: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-").replace("--", "-")
 
 
-def _run_time(record: dict[str, Any] | None) -> str:
+def _run_time(record: ResultsRecord | None) -> str:
     """How long the row's cells took, from its results file."""
     if not record or "cell_seconds_total" not in record:
         return ""
@@ -351,7 +383,7 @@ def _duration(seconds: float) -> str:
 
 
 def _section(claim: Claim, analysis: Analysis | None, results_dir: Path, verdict: str, reason: str,
-             record: dict[str, Any] | None = None) -> str:
+             record: ResultsRecord | None = None) -> str:
     lines = [
         f"## {claim.letter}. {claim.title}",
         "",

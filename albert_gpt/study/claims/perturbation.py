@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from albert_gpt.config import load_config
+from albert_gpt.modeling.base import CausalLM
+from albert_gpt.modeling.model import AlbertGPT
 from albert_gpt.study.claims.common import (
     ARMS,
     arm_seed_cells,
@@ -50,10 +52,11 @@ RELATIVE = 1e-3
 INJECT_AT = 1  # after the second layer application (0-based), so 4 of the 6 follow
 
 
-def propagate(model: Any, idx: torch.Tensor, at: int, relative: float, seed: int = 0) -> dict[str, Any]:
+def propagate(model: CausalLM, idx: torch.Tensor, at: int, relative: float, seed: int = 0) -> dict[str, Any]:
     """Relative size ||h' - h|| / ||h|| after every layer from `at` on, and at the logits, when a random
     perturbation of relative size `relative` is added to the stream after layer `at`; and the absolute
     size ||h' - h|| over the injected perturbation's norm."""
+    assert isinstance(model, AlbertGPT)  # the row's models are transformers
     model.eval()
     with torch.no_grad():
         clean, noisy = model.embed(idx), None
@@ -71,6 +74,7 @@ def propagate(model: Any, idx: torch.Tensor, at: int, relative: float, seed: int
             if noisy is not None:
                 rel.append(float((noisy - clean).norm() / clean.norm()))
                 absolute.append(float((noisy - clean).norm()) / injected)
+        assert noisy is not None, f"perturbation after layer {at} of {len(model.schedule)}"
         logits = float((model.head(noisy) - model.head(clean)).norm() / model.head(clean).norm())
     return {
         "per_layer": [v if math.isfinite(v) else None for v in rel],
@@ -89,7 +93,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
     x, _ = probe_batch(data, cfg)
     out: dict[str, Any] = {}
 
-    def at_init(step: int, model: Any) -> None:
+    def at_init(step: int, model: CausalLM) -> None:
         if step == 0:
             out["init"] = propagate(model, x, INJECT_AT, RELATIVE, cell["seed"])
             model.train()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_gpt.config import load_config
+from albert_gpt.modeling.base import CausalLM
 from albert_gpt.study.claims.common import eval_loss, prepared_data, runs_where, train_model, unigram_loss
 from albert_gpt.study.claims.ledger import Analysis, Claim
 from albert_gpt.study.claims.rules import (
@@ -57,7 +58,7 @@ def measure(cell: dict[str, Any]) -> dict[str, Any]:
     early: dict[str, float] = {}
     curve: list[list[float | None]] = []  # [step, val loss] every EVERY steps, at the base lr only
 
-    def at_early_step(step: int, model: Any) -> None:
+    def at_early_step(step: int, model: CausalLM) -> None:
         if step == EARLY_STEP or (lr == BASE_LR and step % EVERY == 0 and step > 0):
             loss = eval_loss(model, data, cfg)
             if step == EARLY_STEP:
