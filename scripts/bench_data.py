@@ -9,7 +9,8 @@ Python's own reference documentation, drawn at random with a fixed seed), as one
 `nonewline` (every line break turned into a space: one line per file, like minified JSON or a log
 written with carriage returns), `nospace` (every whitespace character removed) or `invalid` (one invalid
 UTF-8 byte every 10 KB), and with an `@char` suffix the pipeline uses the char tokenizer on that row (the
-floor stays BPE). E.g. `--rows 1GB 500KBx2000 200MB:nonewline 200MB:nospace 100MB:invalid 1GB@char`.
+floor stays BPE). E.g. `--rows 1GB 1GBx2000 200MB:nonewline 200MB:nospace 100MB:invalid 1GB@char`
+(`1GBx2000`: 2,000 files of 0.5 MB).
 Then, each in a fresh process whose resident memory (the process and its children together) is
 sampled every 50 ms:
 
@@ -314,8 +315,9 @@ def format_stream_table(rows: list[dict]) -> str:
 
 def format_table(rows: list[dict]) -> str:
     head = ("| corpus | tokens | BPE trained on | albert-gpt prepare, s per pair | floor, s per pair "
-            "| time ratio per pair (median) | prepare peak RSS | floor peak RSS | RSS ratio | warm s |")
-    lines = [head, "|" + "---|" * 10]
+            "| time ratio per pair (median) | encoding alone, s: prepare / floor (last pair) "
+            "| prepare peak RSS | floor peak RSS | RSS ratio | warm s |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         files = f", {r['files']:,} files" if r["files"] > 1 else ""
         shape = "" if r.get("shape", "lines") == "lines" else f", {r['shape']}"
@@ -326,6 +328,7 @@ def format_table(rows: list[dict]) -> str:
             f"| {' / '.join(f'{x:,.1f}' for x in r['cold_s'])} "
             f"| {' / '.join(f'{x:,.1f}' for x in r['raw_s'])} "
             f"| {' / '.join(f'{x:.2f}' for x in r['time_ratio'])} ({r['time_ratio_median']:.2f}) "
+            f"| {r['cold_tokenize_s']:,.1f} / {r['raw_encode_s']:,.1f} "
             f"| {r['cold_rss_mb']:,.0f} MB | {r['raw_rss_mb']:,.0f} MB "
             f"| {r['cold_rss_mb'] / r['raw_rss_mb']:.1f}x "
             f"| {r['warm_s']:.1f} |"
@@ -341,11 +344,12 @@ def write_table(doc: Path, result: dict, stream: bool) -> None:
     m = result["machine"]
     rows = result["rows"]
     rss_source = rows[0].get("rss_source", "sampling") if rows and not stream else "sampling"
+    commits = ", ".join(sorted({str(r.get("commit", result.get("commit", "unknown"))) for r in rows}))
     caption = (f"Measured by `scripts/bench_data.py{' --stream' if stream else ''}` on {m['cpus']} cores "
                f"({m['processor']}), BPE vocabulary {result['vocab']:,}, "
                f"tokenizer.train_max_bytes {result['train_max_bytes']:,}, adjacent pairs, peak RSS by "
                f"{rss_source}, "
-               f"tokenizers {m['tokenizers']}; commit {result.get('commit', 'unknown')}, {result['date']}.")
+               f"tokenizers {m['tokenizers']}; commit {commits}, {result['date']}.")
     table = format_stream_table(result["rows"]) if stream else format_table(result["rows"])
     block = f"{start}\n{caption}\n\n{table}\n{end}"
     before, rest = text.split(start, 1)
@@ -356,7 +360,7 @@ def write_table(doc: Path, result: dict, stream: bool) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--text", type=Path, nargs="*", default=[], help="real text files to draw from")
-    ap.add_argument("--rows", nargs="+", default=["20MB", "100MB", "100MBx100", "1GB"],
+    ap.add_argument("--rows", nargs="*", default=["20MB", "100MB", "100MBx100", "1GB"],
                     help="corpus sizes and shapes, e.g. 20MB, 1GB, 100MBx100 (100 files), 200MB:nonewline")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_data"), help="corpora and caches go here")
     ap.add_argument("--vocab", type=int, default=32768, help="BPE vocabulary size")
@@ -367,16 +371,26 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true", help="time a streamed run's first step instead")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here")
     ap.add_argument("--write", action="store_true", help="write the table into docs/performance.md")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the rows already in --out, replacing those measured again")
+    ap.add_argument("--drop", nargs="*", default=[], help="with --update: rows of --out to leave out")
     args = ap.parse_args()
     import tokenizers
 
     paras = paragraphs(args.text)
-    rows = [(run_stream_row if args.stream else run_row)(spec, args, paras) for spec in args.rows]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    rows = [{**(run_stream_row if args.stream else run_row)(spec, args, paras), "commit": commit}
+            for spec in args.rows]
+    if args.update and args.out and args.out.is_file():  # rows measured now replace those of the same spec
+        new = {r["row"]: r for r in rows}
+        before = json.loads(args.out.read_text(encoding="utf-8"))
+        kept = [{"commit": before.get("commit", "unknown"), **r}
+                for r in before["rows"] if r["row"] not in args.drop]
+        rows = [new.pop(r["row"], r) for r in kept] + list(new.values())
     result = {
         "rows": rows, "vocab": args.vocab, "train_max_bytes": args.train_max_bytes,
         "date": time.strftime("%Y-%m-%d"),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip() or "unknown",
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "tokenizers": tokenizers.__version__},
     }
