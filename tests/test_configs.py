@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from albert_gpt.config import Config, load_config
-from albert_gpt.modeling.model import padded_vocab_size
+from albert_gpt.modeling.base import padded_vocab_size
 from albert_gpt.study.info import model_info
 from albert_gpt.study.sweep import cell_config, load_sweep
 
