@@ -82,3 +82,16 @@ def test_hub_configs_load(name, dataset):
     cfg = load_config(CONFIGS / name)
     assert cfg.data.source == "hub" and cfg.data.path == dataset and cfg.tokenizer.type == "bpe"
     assert "NEEDS NETWORK" in (CONFIGS / name).read_text(encoding="utf-8")
+
+
+def test_prepare_piped_prints_no_blank_lines_from_the_bpe_trainer(tmp_path):
+    """With its output going to a pipe, `albert-gpt prepare` (progress on, the default) prints the statistics
+    from the first line: the BPE trainer's bars, drawn for a terminal, left three blank lines on stdout."""
+    import subprocess
+    import sys
+
+    config = write_config(tmp_path)
+    command = [sys.executable, "-m", "albert_gpt", "prepare", str(config), "--set", "log.progress=true"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("source "), repr(done.stdout[:40])

@@ -10,6 +10,7 @@ on any text, and for `char` on any text whose characters occur in the training s
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,7 +298,9 @@ def _train_bpe(cfg: TokenizerConfig, texts: Iterable[str], progress: bool) -> To
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=[cfg.eot_token],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=progress,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        # the trainer's own bars are for a terminal: redirected, they leave blank lines on stdout
+        show_progress=progress and sys.stdout.isatty() and sys.stderr.isatty(),
     )
     backend.train_from_iterator(texts, trainer=trainer)
     return backend
