@@ -233,3 +233,18 @@ def test_a_prefetching_thread_reads_ahead_but_the_saved_position_is_the_used_bat
     resumed.load_state_dict(saved)
     for step in range(6, 12):
         assert torch.equal(resumed.batch(step)[0], plain.batch(step)[0])
+
+
+def test_a_streamed_bpe_trains_once_on_the_head_sample(tmp_path, monkeypatch):
+    """The stream's head is sampled once: its BPE is the one trained on training_sample of the source's
+    training documents (computed here independently), and the summary's byte count is that sample's."""
+    from albert_gpt.data.tokenizer import _train_bpe, training_sample
+
+    monkeypatch.setattr(documents, "PIECE_BYTES", 200)
+    cfg = stream_config(tmp_path, tokenizer={"type": "bpe", "vocab_size": 300, "train_max_bytes": 3000})
+    prepared = prepare_data(cfg, progress=False)
+    source = load_source(cfg.data, cut_rule(cfg.tokenizer))
+    sample = list(training_sample(source.splits["train"], 3000, None))
+    assert 3000 <= sum(len(p.encode()) for p in sample) < 3000 + 1000  # the corpus is larger than the cap
+    assert prepared.stats["tokenizer_sample_bytes"] == sum(len(p.encode()) for p in sample)
+    assert prepared.tokenizer.to_json() == _train_bpe(cfg.tokenizer, sample, False).to_str()

@@ -90,9 +90,7 @@ def split_record(path: Path, dtype: np.dtype) -> dict[str, Any]:
             ids = np.frombuffer(chunk, dtype=dtype)
             if ids.size:
                 largest = max(largest, int(ids.max()))
-    stat = path.stat()
-    return {"sha256": digest.hexdigest(), "max_id": largest, "file_bytes": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns}
+    return written_record(path, digest.hexdigest(), largest)
 
 
 def read_entry(entry: Path, fp: str) -> dict[str, Any] | None:

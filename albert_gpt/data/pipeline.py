@@ -218,9 +218,9 @@ def _build_stream_head(cfg: Config, source: SourceDocs, out: Path, fp: str, prog
     d = cfg.data
     t0 = time.perf_counter()
     train_docs = source.splits["train"]
-    head = training_sample(train_docs, cfg.tokenizer.train_max_bytes, None)
     tally = SampleTally()
-    tokenizer = build_tokenizer(cfg.tokenizer, head, progress, tally=tally)
+    head = training_sample(train_docs, cfg.tokenizer.train_max_bytes, None, tally)
+    tokenizer = build_tokenizer(cfg.tokenizer, head, progress, sampled=True)
     tokenizer.save(out / TOKENIZER)
     t1 = time.perf_counter()
     n = d.stream_holdout_tokens

@@ -218,10 +218,12 @@ class SampleTally:
 
 
 def build_tokenizer(cfg: TokenizerConfig, train_documents: Iterable[Document], progress: bool,
-                    train_bytes: int | None = None, tally: SampleTally | None = None) -> TextTokenizer:
+                    train_bytes: int | None = None, tally: SampleTally | None = None,
+                    sampled: bool = False) -> TextTokenizer:
     """Train on the training split only (bpe, char), or read `tokenizer.path` (pretrained).
     `train_bytes`: the split's size when known, so BPE's sample is spread across it; `tally` is
-    filled with what the sample held."""
+    filled with what the sample held; `sampled`: the documents already are training_sample's output
+    (a stream's head), so BPE trains on them as they are."""
     if cfg.type == "pretrained":
         return load_pretrained(cfg)
     if cfg.type == "char":
@@ -230,7 +232,10 @@ def build_tokenizer(cfg: TokenizerConfig, train_documents: Iterable[Document], p
             for piece in pieces_of(doc):
                 chars.update(piece)
         return TextTokenizer(CharVocab(chars, cfg.eot_token), cfg.eot_token)
-    sample = training_sample(train_documents, cfg.train_max_bytes, train_bytes, tally)
+    if sampled:
+        sample: Iterable[str] = (piece for doc in train_documents for piece in pieces_of(doc))
+    else:
+        sample = training_sample(train_documents, cfg.train_max_bytes, train_bytes, tally)
     return TextTokenizer(_train_bpe(cfg, sample, progress), cfg.eot_token)
 
 
