@@ -22,7 +22,13 @@ each run the machine must be idle: the share of CPU time used by other processes
 /proc/stat) must be under --max-busy, else the script waits (and records what it measured).
 
 --variant NAME="--set K=V ..." adds albert_gpt variants (each runs in every pair beside nanoGPT); without
-one, the shipped config runs.
+one, the shipped config runs. --warm NAME keeps that variant's inductor cache for the whole script and fills
+it with one untimed run of each mode first: torch.compile's cost paid once per machine, as on a machine's
+second and later runs (its rows are marked "warm cache").
+
+Each machine keeps its own results file (--out; the CPU's name, core count, the instruction set torch uses and
+whether the shipped `run.dtype: auto` picks bf16 are recorded in it), and --write renders one table per file
+matching docs/perf/vs_nanogpt*.json, since only ratios of runs on one machine can be compared.
 """
 
 from __future__ import annotations
@@ -103,7 +109,9 @@ def run_nanogpt(repo: Path, work: Path, mode: str) -> dict:
             "last_iter": int(iters[-1]) if iters else None}
 
 
-def run_albert(text: Path, work: Path, name: str, overrides: list[str], mode: str) -> dict:
+def run_albert(text: Path, work: Path, name: str, overrides: list[str], mode: str,
+               inductor_cache: Path | None = None) -> dict:
+    """One albert_gpt run; `inductor_cache` None gives it an empty torch.compile cache (a cold start)."""
     run_name = f"vs_nanogpt_{name}_{mode}"
     sets = [f"data.path={text}", f"run.out_dir={work / 'runs'}", f"run.name={run_name}", "run.overwrite=true",
             f"data.cache_dir={work / 'cache'}", "log.progress=false", *ALBERT_MODES[mode]]
@@ -111,7 +119,8 @@ def run_albert(text: Path, work: Path, name: str, overrides: list[str], mode: st
     for s in sets:
         command += ["--set", s]
     command += overrides
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor_", dir=work)}
+    cache = inductor_cache or tempfile.mkdtemp(prefix="inductor_", dir=work)
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
@@ -132,6 +141,8 @@ def main() -> None:
     parser.add_argument("--modes", default="full,400,startup", help="comma-separated: full, 400, startup")
     parser.add_argument("--variant", action="append", default=[], metavar='NAME="--set K=V ..."',
                         help="an albert_gpt variant: a name and its overrides (repeatable)")
+    parser.add_argument("--warm", action="append", default=[], metavar="NAME",
+                        help="a variant whose inductor cache is filled by an untimed run first (repeatable)")
     parser.add_argument("--max-busy", type=float, default=0.10,
                         help="the most CPU share other processes may use before a run (over 2 s)")
     parser.add_argument("--patience", type=float, default=600.0, help="seconds to wait for an idle machine")
@@ -142,6 +153,9 @@ def main() -> None:
     if unknown := [m for m in modes if m not in NANOGPT_MODES]:
         raise SystemExit(f"--modes: unknown {unknown} (full, 400, startup)")
     variants = {v.split("=", 1)[0]: v.split("=", 1)[1].split() for v in args.variant} or {"shipped": []}
+    if unknown := [w for w in args.warm if w not in variants]:
+        raise SystemExit(f"--warm: {unknown} is not a --variant name ({', '.join(variants)})")
+    machine = machine_info()  # first: a probe that fails should fail before an hour of runs
     data = args.nanogpt / "data" / "shakespeare_char"
     shutil.copy(args.text, data / "input.txt")
     subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
@@ -149,8 +163,11 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "albert_gpt", "prepare", str(CONFIG),
                     "--set", f"data.path={args.text.resolve()}", "--set", f"data.cache_dir={work / 'cache'}"],
                    check=True, capture_output=True)
+    caches = {name: work / f"inductor_{name}" for name in args.warm}  # kept for the whole script
     runs = []
     for mode in modes:
+        for name, cache in caches.items():  # untimed: fills the cache, as a machine's first run would
+            run_albert(args.text.resolve(), work, name, variants[name], mode, cache)
         for pair in range(args.pairs):
             programs = [("nanoGPT", None), *variants.items()]
             if pair % 2:
@@ -160,16 +177,46 @@ def main() -> None:
                 if name == "nanoGPT":
                     run = run_nanogpt(args.nanogpt, work, mode)
                 else:
-                    run = run_albert(args.text.resolve(), work, name, overrides or [], mode)
+                    run = run_albert(args.text.resolve(), work, name, overrides or [], mode, caches.get(name))
+                    if name in caches:
+                        run["program"] += " (warm cache)"
                 runs.append({**run, "mode": mode, "pair": pair, "busy_before": round(busy, 3)})
                 print(runs[-1], flush=True)
     result = {"runs": runs, "summary": summarize(runs), "date": time.strftime("%Y-%m-%d"),
-              "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}}
+              "machine": machine}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(format_table(result))
     if args.write:
-        write_table(result)
+        write_tables()
+
+
+def machine_info() -> dict:
+    """What decides the comparison on this machine: cores, the CPU, the vector instructions torch's kernels
+    use, and whether the shipped config's `run.dtype: auto` trains in bf16 here."""
+    probe = ("import json, torch; from albert_gpt.runtime import cpu_has_fast_bf16; print(json.dumps("
+             "{'isa': torch.backends.cpu.get_cpu_capability(), 'bf16': cpu_has_fast_bf16()}))")
+    found = json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True,
+                                      text=True).stdout)
+    model = ""
+    if Path("/proc/cpuinfo").exists():
+        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        model = names[0].strip() if names else ""
+    return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "cpu_model": model, "torch_isa": found["isa"], "auto_dtype_bf16": found["bf16"]}
+
+
+def describe_machine(machine: dict) -> str:
+    """A results file's machine entry in words: '2 cores, AMD EPYC, torch's AVX2 kernels, ...'."""
+    parts = [f"{machine['cpus']} cores", machine.get("cpu_model") or machine["processor"]]
+    if "torch_isa" in machine:
+        parts.append(f"torch's {machine['torch_isa']} kernels")
+    if "auto_dtype_bf16" in machine:
+        parts.append("the shipped config in bf16 autocast" if machine["auto_dtype_bf16"]
+                     else "the shipped config in float32 (no fast bf16)")
+    if machine.get("note"):
+        parts.append(machine["note"])
+    return ", ".join(parts)
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -211,19 +258,28 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_table(result: dict) -> None:
-    """The side-by-side table into docs/performance.md, between its vs-nanogpt markers."""
+def machine_section(result: dict) -> str:
+    """One machine's caption and table."""
     busiest = max(r["busy_before"] for r in result["runs"])
-    caption = (f"Measured by `scripts/vs_nanogpt.py` on {result['machine']['cpus']} cores "
-               f"({result['machine']['processor']}), adjacent pairs (order swapped every other pair), each "
-               f"run a new process; other load before any run at most {busiest:.0%} of the CPU; "
-               f"{result['date']}.")
-    doc_path = ROOT / "docs" / "performance.md"
+    caption = (f"**{describe_machine(result['machine'])}**, {result['date']}: adjacent pairs (order swapped "
+               f"every other pair), each run a new process; other load before any run at most {busiest:.0%} "
+               "of the CPU.")
+    return f"{caption}\n\n{format_table(result)}"
+
+
+def write_tables(results_dir: Path = ROOT / "docs" / "perf",
+                 doc_path: Path = ROOT / "docs" / "performance.md") -> None:
+    """Every machine's table (docs/perf/vs_nanogpt*.json, oldest first) into docs/performance.md, between
+    its vs-nanogpt markers."""
+    files = sorted(results_dir.glob("vs_nanogpt*.json"))
+    results = [json.loads(p.read_text(encoding="utf-8")) for p in files]
+    results.sort(key=lambda r: r["date"])
+    body = "\n\n".join(machine_section(r) for r in results)
     doc = doc_path.read_text(encoding="utf-8")
     start, end = "<!-- vs-nanogpt:start -->", "<!-- vs-nanogpt:end -->"
     head, rest = doc.split(start, 1)
-    doc_path.write_text(f"{head}{start}\n{caption}\n\n{format_table(result)}\n{end}{rest.split(end, 1)[1]}",
-                        encoding="utf-8")
+    intro = "Measured by `scripts/vs_nanogpt.py`, one table per machine."
+    doc_path.write_text(f"{head}{start}\n{intro}\n\n{body}\n{end}{rest.split(end, 1)[1]}", encoding="utf-8")
 
 
 if __name__ == "__main__":
