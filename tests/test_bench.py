@@ -103,6 +103,15 @@ def test_cpu_peak_is_measured_for_the_dtype():
     assert "measured bfloat16 matmul" in source
 
 
+def test_peak_matmul_grows_until_it_takes_long_enough_and_no_further():
+    """A slow dtype (bf16 on a CPU without bf16 instructions takes minutes at 2048) stops at a size that
+    takes min_seconds; a fast one grows to the cap, and the cap holds."""
+    cpu = torch.device("cpu")
+    assert benchmark.peak_size(cpu, torch.float32, n=1024, min_seconds=0.0) == 256
+    assert benchmark.peak_size(cpu, torch.float32, n=1024, min_seconds=float("inf")) == 1024
+    assert benchmark.peak_size(cpu, torch.float32, n=128, min_seconds=float("inf")) == 128
+
+
 def test_each_variant_gets_the_peak_of_its_own_thread_count(tmp_path, monkeypatch):
     """The CPU peak is measured with the variant's run.threads, not whichever variant ran last."""
     config = _write_tiny_config(tmp_path)

@@ -44,22 +44,42 @@ def mfu(flops_per_tok: int, tokens_per_sec: float, peak_flops: float) -> float:
     return flops_per_tok * tokens_per_sec / peak_flops
 
 
+def _time_matmul(a: torch.Tensor, b: torch.Tensor, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    a @ b
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def peak_size(device: torch.device, dtype: torch.dtype, n: int = 2048, min_seconds: float = 0.05) -> int:
+    """The matmul size to time: doubled from 256 until one product takes `min_seconds`, at most `n`.
+
+    A fast dtype reaches `n` (2048: about 0.1 s in fp32 on 2 CPU cores); one the CPU has no instructions
+    for (bf16 without AVX512-BF16 runs ~400x slower) stops small, so measuring its peak takes a second,
+    not minutes.
+    """
+    size = min(256, n)
+    while size < n:
+        a = torch.randn(size, size, device=device).to(dtype)
+        a @ a  # first call pays for kernel selection and page faults
+        if _time_matmul(a, a, device) >= min_seconds:
+            break
+        size *= 2
+    return min(size, n)
+
+
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of the fastest of `repeats` (n x n) @ (n x n) matmuls in `dtype` on `device`.
+    """FLOP/s of the fastest of `repeats` square matmuls in `dtype` on `device`, of size `peak_size` (<= n).
 
     The best, not the median: the peak is what the hardware can do, and a busy machine only
     ever makes a matmul slower.
     """
+    n = peak_size(device, dtype, n)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b  # first call pays for kernel selection and page faults
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
+    best = min(_time_matmul(a, b, device) for _ in range(repeats))
     return 2 * n**3 / best
 
 
