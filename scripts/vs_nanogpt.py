@@ -183,7 +183,7 @@ def main() -> None:
                 runs.append({**run, "mode": mode, "pair": pair, "busy_before": round(busy, 3)})
                 print(runs[-1], flush=True)
     result = {"runs": runs, "summary": summarize(runs), "date": time.strftime("%Y-%m-%d"),
-              "machine": machine}
+              "time": time.strftime("%H:%M"), "machine": machine}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(format_table(result))
@@ -273,7 +273,7 @@ def write_tables(results_dir: Path = ROOT / "docs" / "perf",
     its vs-nanogpt markers."""
     files = sorted(results_dir.glob("vs_nanogpt*.json"))
     results = [json.loads(p.read_text(encoding="utf-8")) for p in files]
-    results.sort(key=lambda r: r["date"])
+    results.sort(key=lambda r: (r["date"], r.get("time", "")))
     body = "\n\n".join(machine_section(r) for r in results)
     doc = doc_path.read_text(encoding="utf-8")
     start, end = "<!-- vs-nanogpt:start -->", "<!-- vs-nanogpt:end -->"
