@@ -2,7 +2,7 @@
 pairs on one idle machine: wall time of each whole process, the ratio per pair and its median.
 
     python scripts/vs_nanogpt.py --nanogpt PATH/TO/nanoGPT --text tinyshakespeare.txt --pairs 2 \
-        --out docs/perf/vs_nanogpt.json --write
+        --out docs/perf/vs_nanogpt_avx2.json --write     # one file per machine
 
 Three modes, each reported on its own (--modes picks):
 
