@@ -72,6 +72,9 @@ def machine_info(device: torch.device) -> dict[str, object]:
         "cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
         "cpu_bf16": cpu_has_fast_bf16(),
+        # the widest vector instructions torch's CPU kernels use here (AVX2, AVX512, ...): CPUs of one name
+        # can differ, and the same step then runs at different speeds
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

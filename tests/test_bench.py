@@ -250,6 +250,11 @@ def test_bench_command_synthetic_without_datasets(tmp_path):
     for row, value in zip(rows, ("1", "3")):  # what ran, on what: enough to reproduce the row
         assert row["torch_version"] == torch.__version__ and row["machine"]["torch"] == torch.__version__
         assert row["machine"]["logical_cpus"] == os.cpu_count() and row["machine"]["cpu"]
+        # torch's names for the vector instructions its kernels use; a CPU without AVX512 has no bf16 ones
+        isas = {"DEFAULT", "NO AVX", "AVX2", "AVX512", "VSX", "Z VECTOR", "SVE256"}
+        assert row["machine"]["cpu_isa"] in isas
+        if row["machine"]["cpu_isa"] in {"DEFAULT", "NO AVX", "AVX2"}:
+            assert row["machine"]["cpu_bf16"] is False
         assert row["settings"]["overrides"] == [f"model.n_groups={value}"]
         assert row["settings"]["config"] == str(config) and row["settings"]["steps"] == 2
 
