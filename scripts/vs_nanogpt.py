@@ -21,6 +21,8 @@ prepare.py; `albert-gpt prepare`). Pairs are adjacent, with the order swapped ev
 each run the machine must be idle: the share of CPU time used by other processes over 2 s (from
 /proc/stat) must be under --max-busy, else the script waits (and records what it measured).
 
+--nanogpt-env NAME=VALUE sets an environment variable for nanoGPT's runs alone (a malloc tunable, say).
+
 --variant NAME="--set K=V ..." adds albert_gpt variants (each runs in every pair beside nanoGPT); without
 one, the shipped config runs. --warm NAME keeps that variant's inductor cache for the whole script and fills
 it with one untimed run of each mode first: torch.compile's cost paid once per machine, as on a machine's
@@ -94,12 +96,13 @@ def wait_until_idle(max_busy: float, patience_s: float) -> float:
     return busy
 
 
-def run_nanogpt(repo: Path, work: Path, mode: str) -> dict:
+def run_nanogpt(repo: Path, work: Path, mode: str, env: dict[str, str] | None = None) -> dict:
     out = work / "nanogpt_out"
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
     command = [sys.executable, "train.py", *NANOGPT_RECIPE, *NANOGPT_MODES[mode], f"--out_dir={out}"]
-    done = subprocess.run(command, cwd=repo, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"nanoGPT failed ({mode}):\n{done.stderr[-2000:]}")
@@ -143,6 +146,9 @@ def main() -> None:
                         help="an albert_gpt variant: a name and its overrides (repeatable)")
     parser.add_argument("--warm", action="append", default=[], metavar="NAME",
                         help="a variant whose inductor cache is filled by an untimed run first (repeatable)")
+    parser.add_argument("--nanogpt-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for nanoGPT's runs only, e.g. a malloc tunable "
+                             "(repeatable; recorded in the results)")
     parser.add_argument("--max-busy", type=float, default=0.10,
                         help="the most CPU share other processes may use before a run (over 2 s)")
     parser.add_argument("--patience", type=float, default=600.0, help="seconds to wait for an idle machine")
@@ -155,6 +161,9 @@ def main() -> None:
     variants = {v.split("=", 1)[0]: v.split("=", 1)[1].split() for v in args.variant} or {"shipped": []}
     if unknown := [w for w in args.warm if w not in variants]:
         raise SystemExit(f"--warm: {unknown} is not a --variant name ({', '.join(variants)})")
+    if bad := [e for e in args.nanogpt_env if "=" not in e]:
+        raise SystemExit(f"--nanogpt-env: {bad} is not NAME=VALUE")
+    nanogpt_env = dict(e.split("=", 1) for e in args.nanogpt_env)
     machine = machine_info()  # first: a probe that fails should fail before an hour of runs
     data = args.nanogpt / "data" / "shakespeare_char"
     shutil.copy(args.text, data / "input.txt")
@@ -175,7 +184,7 @@ def main() -> None:
             for name, overrides in programs:
                 busy = wait_until_idle(args.max_busy, args.patience)
                 if name == "nanoGPT":
-                    run = run_nanogpt(args.nanogpt, work, mode)
+                    run = run_nanogpt(args.nanogpt, work, mode, nanogpt_env)
                 else:
                     run = run_albert(args.text.resolve(), work, name, overrides or [], mode, caches.get(name))
                     if name in caches:
@@ -183,7 +192,7 @@ def main() -> None:
                 runs.append({**run, "mode": mode, "pair": pair, "busy_before": round(busy, 3)})
                 print(runs[-1], flush=True)
     result = {"runs": runs, "summary": summarize(runs), "date": time.strftime("%Y-%m-%d"),
-              "time": time.strftime("%H:%M"), "machine": machine}
+              "time": time.strftime("%H:%M"), "machine": machine, "nanogpt_env": nanogpt_env}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(format_table(result))
@@ -264,6 +273,8 @@ def machine_section(result: dict) -> str:
     caption = (f"**{describe_machine(result['machine'])}**, {result['date']}: adjacent pairs (order swapped "
                f"every other pair), each run a new process; other load before any run at most {busiest:.0%} "
                "of the CPU.")
+    if env := result.get("nanogpt_env"):
+        caption += " nanoGPT ran with " + ", ".join(f"`{k}={v}`" for k, v in env.items()) + "."
     return f"{caption}\n\n{format_table(result)}"
 
 
