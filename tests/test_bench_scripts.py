@@ -177,3 +177,18 @@ def test_step_table_gives_nanogpt_over_albert(step_vs_nanogpt):
     table = step_vs_nanogpt.format_table({"rows": rows})
     assert "| nanoGPT | float32 | 80.0 | 1.0 | 1.0 | 1.0 | 1.0 | 1.0 | 1.0 | 30.0 | - |" in table
     assert "| albert_gpt | bfloat16 | 40.0 | 1.0 | 1.0 | 1.0 | 1.0 | 1.0 | 1.0 | 12.0 | 2.00x |" in table
+
+
+def test_nanogpt_env_is_named_in_its_table_and_must_be_name_value(vs_nanogpt, tmp_path, monkeypatch):
+    result = _result("2026-12-07", "AVX2", 30.0)
+    result["summary"] = vs_nanogpt.summarize(result["runs"])
+    result["nanogpt_env"] = {"MALLOC_MMAP_THRESHOLD_": "33554432"}
+    assert vs_nanogpt.machine_section(result).splitlines()[0].endswith(
+        "nanoGPT ran with `MALLOC_MMAP_THRESHOLD_=33554432`.")
+    del result["nanogpt_env"]  # files from before the option: no sentence about it
+    assert "nanoGPT ran with" not in vs_nanogpt.machine_section(result)
+    monkeypatch.setattr(sys, "argv", [
+        "vs_nanogpt.py", "--nanogpt", str(tmp_path), "--text", str(tmp_path),
+        "--out", str(tmp_path / "o.json"), "--nanogpt-env", "MALLOC_MMAP_THRESHOLD_"])
+    with pytest.raises(SystemExit, match=r"--nanogpt-env: \['MALLOC_MMAP_THRESHOLD_'\] is not NAME=VALUE"):
+        vs_nanogpt.main()
