@@ -289,7 +289,7 @@ def write_tables(results_dir: Path = ROOT / "docs" / "perf",
     doc = doc_path.read_text(encoding="utf-8")
     start, end = "<!-- vs-nanogpt:start -->", "<!-- vs-nanogpt:end -->"
     head, rest = doc.split(start, 1)
-    intro = "Measured by `scripts/vs_nanogpt.py`, one table per machine."
+    intro = "Measured by `scripts/vs_nanogpt.py`, one table per results file, each naming its machine."
     doc_path.write_text(f"{head}{start}\n{intro}\n\n{body}\n{end}{rest.split(end, 1)[1]}", encoding="utf-8")
 
 
