@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "shakespeare_char_cpu.yaml"
@@ -46,16 +47,18 @@ def family(op: str) -> str:
     return FAMILIES.get(op, "other")
 
 
-def nanogpt_step_fn(repo: Path, batch: int, block: int):
-    """nanoGPT's train.py step on its CPU recipe's model; returns (step function, FLOPs per step)."""
+def nanogpt_step_fn(repo: Path, shape: Any, batch: int):
+    """nanoGPT's train.py step on a model of albert_gpt's config's shape (`shape`: its ModelConfig; the
+    CPU recipe's 4 layers, 4 heads, 128 wide, context 64); returns (step function, FLOPs per step)."""
     import torch
 
     sys.path.insert(0, str(repo))
     from model import GPT, GPTConfig  # nanoGPT's own module, from its checkout
 
     torch.manual_seed(1337)
-    model = GPT(GPTConfig(block_size=block, vocab_size=NANOGPT_VOCAB, n_layer=4, n_head=4, n_embd=128,
-                          dropout=0.0, bias=False))
+    block = shape.block_size
+    model = GPT(GPTConfig(block_size=block, vocab_size=NANOGPT_VOCAB, n_layer=shape.n_layers,
+                          n_head=shape.n_heads, n_embd=shape.n_embd, dropout=0.0, bias=False))
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
     tokens = torch.randint(0, NANOGPT_VOCAB, (100_000,))
 
@@ -70,7 +73,7 @@ def nanogpt_step_fn(repo: Path, batch: int, block: int):
         optimizer.zero_grad(set_to_none=True)
 
     # Its own count leaves out the position embedding (a lookup, no matmul); the tied head counts once.
-    flops_per_token = 6 * model.get_num_params() + 12 * 4 * 128 * block
+    flops_per_token = 6 * model.get_num_params() + 12 * shape.n_layers * shape.n_embd * block
     return step, flops_per_token * batch * block
 
 
@@ -110,7 +113,7 @@ def measure(repo: Path, steps: int, warmup: int, profiled: int, sets: list[str])
     from albert_gpt.study.benchmark import matmul_peak
 
     variant = albert_variant(sets)
-    nano_step, nano_flops = nanogpt_step_fn(repo, variant.cfg.train.batch_size, variant.cfg.model.block_size)
+    nano_step, nano_flops = nanogpt_step_fn(repo, variant.cfg.model, variant.cfg.train.batch_size)
     programs = {
         "nanoGPT": {"step": nano_step, "dtype": torch.float32, "flops": nano_flops},
         "albert_gpt": {"step": variant.step, "dtype": variant.dtype,
